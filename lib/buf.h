@@ -1,0 +1,33 @@
+/* buf: a growable byte buffer, always NUL-terminated. The owner of the struct owns the
+ * bytes; buf_free releases them. Used for JSON building, HTTP bodies and metrics text. */
+#ifndef TIERONE_BUF_H
+#define TIERONE_BUF_H
+
+#include <stddef.h>
+
+struct buf {
+    char *data; /* NUL-terminated; NULL until the first append */
+    size_t len;
+    size_t cap;
+};
+
+#define BUF_INIT {NULL, 0, 0}
+
+/* Make room for `extra` more bytes (plus the NUL). */
+void buf_reserve(struct buf *b, size_t extra);
+/* Append len bytes. */
+void buf_append(struct buf *b, const void *p, size_t len);
+/* Append a NUL-terminated string. */
+void buf_puts(struct buf *b, const char *s);
+/* Append printf output. */
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s as a quoted JSON string (with escapes). */
+void buf_json_string(struct buf *b, const char *s, size_t len);
+/* Forget the contents but keep the memory. */
+void buf_reset(struct buf *b);
+/* Hand the bytes to the caller (who frees them); the buffer becomes empty. Never NULL. */
+char *buf_steal(struct buf *b);
+/* Release the memory. */
+void buf_free(struct buf *b);
+
+#endif
