@@ -74,8 +74,9 @@ static void fail_perform(struct job_ctx *ctx)
 {
     const struct job *j = job_ctx_job(ctx);
     json_t *msg = j->args ? json_array_get(j->args, 0) : NULL;
-    job_done(ctx, job_error_new(JOB_ERR_RETRY, "RuntimeError", "%s",
-                                json_is_string(msg) ? json_string_value(msg) : "failed on purpose"));
+    job_done(ctx,
+             job_error_new(JOB_ERR_RETRY, "RuntimeError", "%s",
+                           json_is_string(msg) ? json_string_value(msg) : "failed on purpose"));
 }
 
 /* ---- Record -------------------------------------------------------------------------- */

@@ -26,8 +26,8 @@ static void http_get_on_done(struct http_response *resp, void *arg)
             job_done(ctx,
                      job_error_new(JOB_ERR_RETRY, "Tierone::HttpError", "HTTP %ld", resp->status));
     } else {
-        job_done(ctx, job_error_new(JOB_ERR_PERMANENT, "Tierone::HttpError", "HTTP %ld",
-                                    resp->status));
+        job_done(ctx,
+                 job_error_new(JOB_ERR_PERMANENT, "Tierone::HttpError", "HTTP %ld", resp->status));
     }
 }
 

@@ -18,14 +18,14 @@ enum job_ctx_state { CTX_FREE = 0, CTX_RUNNING, CTX_ABANDONED };
 struct job_ctx {
     struct worker *w;
     enum job_ctx_state state;
-    struct job job;          /* parsed job; job.raw is the exact fetched bytes */
+    struct job job; /* parsed job; job.raw is the exact fetched bytes */
     const struct job_type *type;
-    char *field;             /* in-progress hash field "<seq>:<queue>" */
-    char *queue;             /* queue it was fetched from */
-    long long run_at;        /* wall seconds, for the work hash */
+    char *field;      /* in-progress hash field "<seq>:<queue>" */
+    char *queue;      /* queue it was fetched from */
+    long long run_at; /* wall seconds, for the work hash */
     uint64_t started_ns;
-    void *state_ptr;         /* the job type's own state */
-    char tid[24];            /* Sidekiq "tid" for the work hash */
+    void *state_ptr; /* the job type's own state */
+    char tid[24];    /* Sidekiq "tid" for the work hash */
     struct job_ctx *next_free;
 };
 
@@ -75,6 +75,12 @@ void heartbeat_close(struct worker *w);
 
 int recovery_init(struct worker *w);
 void recovery_close(struct worker *w);
+
+/* ---- monitor.c: /metrics, /healthz, /readyz ---------------------------------------- */
+
+/* Start the admin server when admin_port > 0. Returns 0, or -1 with a reason in err. */
+int monitor_start(struct worker *w, char *err, size_t errcap);
+void monitor_close(struct worker *w);
 
 /* ---- worker.c ------------------------------------------------------------------------ */
 

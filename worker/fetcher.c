@@ -28,41 +28,41 @@
 /* KEYS[1] store, KEYS[2] lease, KEYS[3] process registry.
  * ARGV[1] field prefix, ARGV[2] how many, ARGV[3] identity, ARGV[4] lease ttl,
  * ARGV[5..] queue names in priority order. Returns {field1, job1, field2, job2, ...}. */
-static struct redis_script fetch_script = REDIS_SCRIPT(
-    "if redis.call('EXISTS', KEYS[2]) == 0 then\n"
-    "  redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])\n"
-    "  redis.call('SADD', KEYS[3], ARGV[3])\n"
-    "end\n"
-    "local want = tonumber(ARGV[2])\n"
-    "local out = {}\n"
-    "local n = 0\n"
-    "for i = 5, #ARGV do\n"
-    "  local q = ARGV[i]\n"
-    "  while want > 0 do\n"
-    "    local job = redis.call('RPOP', 'queue:' .. q)\n"
-    "    if not job then break end\n"
-    "    n = n + 1\n"
-    "    local f = ARGV[1] .. '.' .. n .. ':' .. q\n"
-    "    redis.call('HSET', KEYS[1], f, job)\n"
-    "    out[#out + 1] = f\n"
-    "    out[#out + 1] = job\n"
-    "    want = want - 1\n"
-    "  end\n"
-    "  if want == 0 then break end\n"
-    "end\n"
-    "return out\n");
+static struct redis_script fetch_script =
+    REDIS_SCRIPT("if redis.call('EXISTS', KEYS[2]) == 0 then\n"
+                 "  redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])\n"
+                 "  redis.call('SADD', KEYS[3], ARGV[3])\n"
+                 "end\n"
+                 "local want = tonumber(ARGV[2])\n"
+                 "local out = {}\n"
+                 "local n = 0\n"
+                 "for i = 5, #ARGV do\n"
+                 "  local q = ARGV[i]\n"
+                 "  while want > 0 do\n"
+                 "    local job = redis.call('RPOP', 'queue:' .. q)\n"
+                 "    if not job then break end\n"
+                 "    n = n + 1\n"
+                 "    local f = ARGV[1] .. '.' .. n .. ':' .. q\n"
+                 "    redis.call('HSET', KEYS[1], f, job)\n"
+                 "    out[#out + 1] = f\n"
+                 "    out[#out + 1] = job\n"
+                 "    want = want - 1\n"
+                 "  end\n"
+                 "  if want == 0 then break end\n"
+                 "end\n"
+                 "return out\n");
 
 /* KEYS[1] store, KEYS[2] process registry; ARGV[1] identity. Puts every stored job back at
  * the head of its queue (RPUSH: it runs next), deletes the store. Returns the count. */
-static struct redis_script requeue_script = REDIS_SCRIPT(
-    "local all = redis.call('HGETALL', KEYS[1])\n"
-    "for i = 1, #all, 2 do\n"
-    "  local q = string.match(all[i], '^[^:]*:(.*)$')\n"
-    "  redis.call('RPUSH', 'queue:' .. q, all[i + 1])\n"
-    "end\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "redis.call('SREM', KEYS[2], ARGV[1])\n"
-    "return #all / 2\n");
+static struct redis_script requeue_script =
+    REDIS_SCRIPT("local all = redis.call('HGETALL', KEYS[1])\n"
+                 "for i = 1, #all, 2 do\n"
+                 "  local q = string.match(all[i], '^[^:]*:(.*)$')\n"
+                 "  redis.call('RPUSH', 'queue:' .. q, all[i + 1])\n"
+                 "end\n"
+                 "redis.call('DEL', KEYS[1])\n"
+                 "redis.call('SREM', KEYS[2], ARGV[1])\n"
+                 "return #all / 2\n");
 
 int fetcher_parse_queues(struct worker *w, const char *spec, char *err, size_t errcap)
 {
@@ -170,6 +170,8 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
     size_t got = 0;
     if (!reply) {
         /* Connection lost: fetcher_kick runs again when it is back (worker.c). */
+        if (w->stopping)
+            worker_job_finished(w);
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -184,6 +186,10 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
             free(queue);
             got++;
         }
+    }
+    if (w->stopping) {
+        worker_job_finished(w); /* this fetch may have been the last thing the stop waited for */
+        return;
     }
     if (got > 0) {
         w->idle_ms = 0;

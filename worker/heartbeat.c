@@ -173,9 +173,11 @@ static void heartbeat_send(struct worker *w, struct beat *bt)
     snprintf(ttl, sizeof ttl, "%lld", w->cfg->lease_ttl_s);
     redis_command(w->redis, NULL, NULL, "MULTI");
     redis_command(w->redis, NULL, NULL, "SADD processes %s", w->identity);
-    const char *hm[] = {"HMSET", w->identity, "info", info.data, "busy", busy, "beat", beat,
-                        "rtt_us", rtt, "quiet", w->quiet || w->stopping ? "true" : "false",
-                        "rss", rss, "concurrency", conc};
+    const char *hm[] = {
+        "HMSET",  w->identity, "info",        info.data,
+        "busy",   busy,        "beat",        beat,
+        "rtt_us", rtt,         "quiet",       w->quiet || w->stopping ? "true" : "false",
+        "rss",    rss,         "concurrency", conc};
     heartbeat_cmd(w, NULL, NULL, (int)(sizeof hm / sizeof *hm), hm, NULL);
     redis_command(w->redis, NULL, NULL, "EXPIRE %s 60", w->identity);
     snprintf(key, sizeof key, KEY_LEASE_FMT, w->identity);
@@ -268,8 +270,8 @@ void heartbeat_clear(struct worker *w, void (*done)(struct worker *w))
     redis_command(w->redis, NULL, NULL, "INCRBY stat:failed:%s %lld", day, f);
     redis_command(w->redis, NULL, NULL, "EXPIRE stat:failed:%s %d", day, STATS_TTL);
     redis_command(w->redis, NULL, NULL, "SREM processes %s", w->identity);
-    redis_command(w->redis, NULL, NULL, "UNLINK %s %s:work %s:workers " KEY_LEASE_FMT,
-                  w->identity, w->identity, w->identity, w->identity);
+    redis_command(w->redis, NULL, NULL, "UNLINK %s %s:work %s:workers " KEY_LEASE_FMT, w->identity,
+                  w->identity, w->identity, w->identity);
     if (redis_command(w->redis, heartbeat_on_cleared, req, "EXEC") != 0)
         heartbeat_on_cleared(w->redis, NULL, req);
 }

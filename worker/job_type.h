@@ -33,7 +33,7 @@ struct job_error {
 };
 
 struct job_type {
-    const char *klass;                  /* Sidekiq class name, e.g. "Tierone::Noop" */
+    const char *klass;                    /* Sidekiq class name, e.g. "Tierone::Noop" */
     void (*perform)(struct job_ctx *ctx); /* start the job */
     void (*cancel)(struct job_ctx *ctx);  /* optional: stop it (hard shutdown) */
 };

@@ -25,20 +25,20 @@
 static const char *const poll_sets[] = {"retry", "schedule"};
 
 /* KEYS[1] the set; ARGV: triples (member, queue or "", new payload). */
-static struct redis_script move_script = REDIS_SCRIPT(
-    "local moved = 0\n"
-    "for i = 1, #ARGV, 3 do\n"
-    "  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then\n"
-    "    if ARGV[i + 1] == '' then\n"
-    "      redis.call('ZADD', 'dead', ARGV[i + 2], ARGV[i])\n"
-    "    else\n"
-    "      redis.call('SADD', 'queues', ARGV[i + 1])\n"
-    "      redis.call('LPUSH', 'queue:' .. ARGV[i + 1], ARGV[i + 2])\n"
-    "    end\n"
-    "    moved = moved + 1\n"
-    "  end\n"
-    "end\n"
-    "return moved\n");
+static struct redis_script move_script =
+    REDIS_SCRIPT("local moved = 0\n"
+                 "for i = 1, #ARGV, 3 do\n"
+                 "  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then\n"
+                 "    if ARGV[i + 1] == '' then\n"
+                 "      redis.call('ZADD', 'dead', ARGV[i + 2], ARGV[i])\n"
+                 "    else\n"
+                 "      redis.call('SADD', 'queues', ARGV[i + 1])\n"
+                 "      redis.call('LPUSH', 'queue:' .. ARGV[i + 1], ARGV[i + 2])\n"
+                 "    end\n"
+                 "    moved = moved + 1\n"
+                 "  end\n"
+                 "end\n"
+                 "return moved\n");
 
 struct poll_round {
     struct worker *w;
@@ -145,8 +145,9 @@ static void poller_on_due(struct redis *r, redisReply *reply, void *data)
         redisReply *m = reply->element[i];
         char *queue = NULL, err[200];
         size_t newlen = 0;
-        char *fresh = job_enqueue_payload(m->str, m->len, (enum job_ts_format)w->cfg->timestamp_format,
-                                          now, &newlen, &queue, err, sizeof err);
+        char *fresh =
+            job_enqueue_payload(m->str, m->len, (enum job_ts_format)w->cfg->timestamp_format, now,
+                                &newlen, &queue, err, sizeof err);
         argv[1 + 3 * i] = m->str;
         lens[1 + 3 * i] = m->len;
         if (fresh) {

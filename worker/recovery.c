@@ -74,9 +74,9 @@ static void recovery_on_done(struct redis *r, redisReply *reply, void *data)
                  "job was running in a process that died %.*s times; not retried again",
                  (int)count->len, count->str);
         size_t len = 0;
-        char *payload = job_poison_payload(job->str, job->len, msg,
-                                           (enum job_ts_format)w->cfg->timestamp_format,
-                                           clock_wall_s(), &len);
+        char *payload =
+            job_poison_payload(job->str, job->len, msg,
+                               (enum job_ts_format)w->cfg->timestamp_format, clock_wall_s(), &len);
         char *skey = xstrndup(store->str, store->len);
         char *fkey = xstrndup(field->str, field->len);
         log_error("poison pill moved to the dead set: %s", msg);

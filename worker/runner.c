@@ -31,14 +31,14 @@ struct outcome {
 };
 
 /* KEYS[1] store, KEYS[2] retry or dead; ARGV: field, score, payload, [cutoff, max_jobs]. */
-static struct redis_script fail_script = REDIS_SCRIPT(
-    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
-    "redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])\n"
-    "if ARGV[4] then\n"
-    "  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])\n"
-    "  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]))\n"
-    "end\n"
-    "return 1\n");
+static struct redis_script fail_script =
+    REDIS_SCRIPT("redis.call('HDEL', KEYS[1], ARGV[1])\n"
+                 "redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])\n"
+                 "if ARGV[4] then\n"
+                 "  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])\n"
+                 "  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]))\n"
+                 "end\n"
+                 "return 1\n");
 
 /* ---- errors -------------------------------------------------------------------------- */
 
@@ -346,8 +346,8 @@ static void runner_fail(struct worker *w, struct job_ctx *ctx, struct job_error 
     struct job_failure f = {err->error_class, err->error_message, ctx->queue};
     long long count = 0;
     size_t len = 0;
-    char *payload = job_failed_payload(j, &f, (enum job_ts_format)w->cfg->timestamp_format, now,
-                                       &len, &count);
+    char *payload =
+        job_failed_payload(j, &f, (enum job_ts_format)w->cfg->timestamp_format, now, &len, &count);
     struct outcome *o = xcalloc(1, sizeof *o);
     o->store_key = runner_store_key(w);
     o->field = ctx->field;

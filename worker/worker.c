@@ -8,6 +8,7 @@
  *   -> close: every handle closed; the loop ends by itself; main() runs uv_loop_close(). */
 #include "engine.h"
 #include "http_client.h"
+#include "metrics.h"
 #include "clock.h"
 #include "log.h"
 #include "xalloc.h"
@@ -86,6 +87,8 @@ int worker_init(struct worker *w, uv_loop_t *loop, struct worker_settings *cfg, 
     w->started_at = clock_wall_s();
     worker_make_identity(w);
     if (fetcher_parse_queues(w, cfg->queues, err, errcap) != 0)
+        return -1;
+    if (monitor_start(w, err, errcap) != 0)
         return -1;
     const char *why = NULL;
     struct redis_opts ro = {.url = cfg->redis_url,
@@ -214,6 +217,7 @@ static void worker_close_all(struct worker *w)
         http_client_close(w->http, NULL, NULL); /* in-flight requests complete as cancelled */
         w->http = NULL;
     }
+    monitor_close(w);
     fetcher_close(w);
     poller_close(w);
     heartbeat_close(w);
@@ -258,6 +262,8 @@ static void worker_finish_stop(struct worker *w)
 
 void worker_free(struct worker *w)
 {
+    if (w->metrics)
+        metrics_registry_free(w->metrics);
     for (size_t i = 0; i < w->nqueues; i++)
         free(w->queues[i].name);
     free(w->queues);

@@ -15,28 +15,29 @@
 #include <uv.h>
 
 struct http_client;
-struct metrics;
+struct metrics_registry;
+struct admin;
 
 /* Settings, filled from the config table in main.c (see worker_config.c). */
 struct worker_settings {
     char *redis_url;
-    char *queues;            /* "events,ai:2,actions" — name or name:weight */
+    char *queues; /* "events,ai:2,actions" — name or name:weight */
     long long concurrency;
     long long shutdown_timeout_ms;
-    long long admin_port;    /* 0 = no admin server */
+    long long admin_port; /* 0 = no admin server */
     char *admin_host;
-    int timestamp_format;    /* enum job_ts_format */
-    long long max_retries;   /* Sidekiq's default 25 */
-    long long dead_max_jobs; /* 10,000 */
-    long long dead_timeout_s;/* 180 days */
+    int timestamp_format;       /* enum job_ts_format */
+    long long max_retries;      /* Sidekiq's default 25 */
+    long long dead_max_jobs;    /* 10,000 */
+    long long dead_timeout_s;   /* 180 days */
     long long poll_interval_ms; /* 0 = Sidekiq's scaled interval */
     long long beat_interval_ms; /* 5000 */
-    long long lease_ttl_s;   /* in-progress lease; expired = crashed process */
+    long long lease_ttl_s;      /* in-progress lease; expired = crashed process */
     long long recovery_interval_ms;
-    long long max_recoveries; /* orphaned this many times -> dead */
+    long long max_recoveries;    /* orphaned this many times -> dead */
     long long fetch_idle_max_ms; /* longest pause between fetches when queues are empty */
     char *tag;
-    int log_level;           /* enum log_level */
+    int log_level; /* enum log_level */
     int diagnostic_jobs;
 };
 
@@ -57,8 +58,8 @@ struct worker {
 
     struct redis *redis;
     struct http_client *http;
-    struct metrics *metrics;
-    struct http_server *admin;
+    struct metrics_registry *metrics;
+    struct admin *admin;
 
     /* job types */
     const struct job_type **types;
@@ -70,14 +71,14 @@ struct worker {
     int weighted;
 
     /* slots */
-    struct job_ctx *slots;    /* concurrency entries */
+    struct job_ctx *slots;      /* concurrency entries */
     struct job_ctx *free_slots; /* singly linked through ctx->next_free */
     size_t busy;
-    uint64_t seq;             /* in-progress field counter */
+    uint64_t seq; /* in-progress field counter */
 
     /* fetcher */
     int fetch_in_flight;
-    uint32_t idle_ms;         /* current idle backoff */
+    uint32_t idle_ms; /* current idle backoff */
     uv_timer_t fetch_timer;
 
     /* outcomes waiting to be written to Redis (acks, retries, deaths) */
@@ -104,8 +105,8 @@ struct worker {
 
     /* shutdown */
     int quiet;
-    int stopping;             /* SIGTERM seen */
-    int hard_stopped;         /* deadline passed, leftovers requeued */
+    int stopping;     /* SIGTERM seen */
+    int hard_stopped; /* deadline passed, leftovers requeued */
     int closing;
     uv_timer_t stop_timer;
     uv_signal_t sig_term, sig_int, sig_tstp;
