@@ -91,8 +91,9 @@ void log_write(enum log_level level, const char *jid, const char *klass, const c
     char ts[32];
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
 
-    int n = snprintf(line, sizeof line, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"component\":\"%s\"",
-                     ts, (long)(tv.tv_usec / 1000), log_level_names[level], log_component);
+    int n =
+        snprintf(line, sizeof line, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"component\":\"%s\"",
+                 ts, (long)(tv.tv_usec / 1000), log_level_names[level], log_component);
     if (jid && n < (int)sizeof line) {
         char jesc[140];
         log_json_escape(jesc, sizeof jesc, jid, strnlen(jid, 64));

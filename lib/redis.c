@@ -18,8 +18,7 @@
 
 enum redis_state { R_DOWN, R_CONNECTING, R_HANDSHAKE, R_UP, R_CLOSING };
 
-static const char *const redis_state_names[] = {"down", "connecting", "handshake", "up",
-                                                "closing"};
+static const char *const redis_state_names[] = {"down", "connecting", "handshake", "up", "closing"};
 
 struct redis_cmd {
     struct redis *r;

@@ -29,12 +29,12 @@ typedef void (*redis_reply_cb)(struct redis *r, redisReply *reply, void *data);
 typedef void (*redis_state_cb)(struct redis *r, int up, void *data);
 
 struct redis_opts {
-    const char *url;              /* required */
-    const char *name;             /* for log lines and CLIENT SETNAME, e.g. "worker-fetch" */
-    uint32_t connect_timeout_ms;  /* default 2000 */
-    uint32_t command_timeout_ms;  /* default 5000; 0 = none */
-    redis_state_cb on_state;      /* optional */
-    void *data;                   /* passed to on_state */
+    const char *url;             /* required */
+    const char *name;            /* for log lines and CLIENT SETNAME, e.g. "worker-fetch" */
+    uint32_t connect_timeout_ms; /* default 2000 */
+    uint32_t command_timeout_ms; /* default 5000; 0 = none */
+    redis_state_cb on_state;     /* optional */
+    void *data;                  /* passed to on_state */
 };
 
 /* A Lua script. Initialise with REDIS_SCRIPT(src); the SHA is computed on first use. */
@@ -42,7 +42,13 @@ struct redis_script {
     const char *src;
     char sha[41];
 };
-#define REDIS_SCRIPT(source) {(source), {0}}
+#define REDIS_SCRIPT(source)                                                                       \
+    {                                                                                              \
+        (source),                                                                                  \
+        {                                                                                          \
+            0                                                                                      \
+        }                                                                                          \
+    }
 
 /* Parsed form of a Redis URL. Strings are owned by the struct (redis_url_free). */
 struct redis_url {

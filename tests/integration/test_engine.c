@@ -301,8 +301,7 @@ Test(engine, exhausted_retries_go_to_dead_unless_dead_false)
     json_t *j = zset_first(&h, "dead");
     cr_assert_eq(json_integer_value(json_object_get(j, "retry_count")), 2);
     cr_assert(json_is_real(json_object_get(j, "retried_at")));
-    cr_assert_str_eq(json_string_value(json_object_get(j, "error_message")),
-                     "last");
+    cr_assert_str_eq(json_string_value(json_object_get(j, "error_message")), "last");
     json_decref(j);
     h_stop(&h);
     h_free(&h);
@@ -430,7 +429,8 @@ Test(engine, due_retry_runs_again_and_counts_up)
     json_t *j = zset_first(&h, "retry");
     cr_assert_eq(json_integer_value(json_object_get(j, "retry_count")), 1);
     cr_assert(json_is_real(json_object_get(j, "retried_at")));
-    cr_assert_float_eq(json_real_value(json_object_get(j, "failed_at")), 1712345678.0, 1e-9, "kept");
+    cr_assert_float_eq(json_real_value(json_object_get(j, "failed_at")), 1712345678.0, 1e-9,
+                       "kept");
     json_decref(j);
     h_stop(&h);
     h_free(&h);
@@ -527,10 +527,10 @@ Test(engine, jobs_of_a_crashed_process_are_recovered)
     h_init(&h, "default", 5);
     /* A process that died: registered, a job in its store, no lease. */
     freeReplyObject(test_redis_cmd(h.rc, "SADD tierone:processes ghost"));
-    freeReplyObject(test_redis_cmd(
-        h.rc, "HSET tierone:inprogress:ghost 7.1:default %s",
-        "{\"class\":\"Tierone::Record\",\"args\":[\"rec\",\"done\"],\"jid\":\"g1\","
-        "\"queue\":\"default\",\"retry\":true}"));
+    freeReplyObject(
+        test_redis_cmd(h.rc, "HSET tierone:inprogress:ghost 7.1:default %s",
+                       "{\"class\":\"Tierone::Record\",\"args\":[\"rec\",\"done\"],\"jid\":\"g1\","
+                       "\"queue\":\"default\",\"retry\":true}"));
     h_start(&h);
     cr_assert(h_run_until(&h, cond_recovered, 5000));
     cr_assert_eq(test_redis_int(h.rc, "SISMEMBER tierone:processes ghost"), 0);

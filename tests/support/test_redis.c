@@ -72,9 +72,9 @@ long long test_redis_int(redisContext *c, const char *fmt, ...)
     va_start(ap, fmt);
     redisReply *r = test_redis_vcmd(c, fmt, ap);
     va_end(ap);
-    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer
+    long long v = r->type == REDIS_REPLY_INTEGER  ? r->integer
                   : r->type == REDIS_REPLY_STRING ? atoll(r->str)
-                                                   : -1;
+                                                  : -1;
     freeReplyObject(r);
     return v;
 }
