@@ -32,6 +32,8 @@ DEPS_PACKAGES=(
   valgrind             # memory checks
   procps               # pgrep/pkill/ps used by tests
   iproute2             # ss: free-port checks in services.sh
+  curl                 # demo: /readyz, /metrics and webhook posts
+  openssl              # demo: signs the sample webhooks (HMAC-SHA256)
 )
 
 # Prints the packages of DEPS_PACKAGES that are not installed, one per line.
