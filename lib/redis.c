@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A connection counts as working again after this long without a failover reply. */
+#define HEALTHY_AFTER_MS 1000
+
 enum redis_state { R_DOWN, R_CONNECTING, R_HANDSHAKE, R_UP, R_CLOSING };
 
 static const char *const redis_state_names[] = {"down", "connecting", "handshake", "up", "closing"};
@@ -48,6 +51,8 @@ struct redis {
     uint32_t backoff_ms;
     int handshake_left;
     int warned_down; /* the "down" log line was written for this outage */
+    int healthy;     /* up for HEALTHY_AFTER_MS with no failover reply: the outage is over */
+    uint64_t up_since_ms;
 
     struct redis_cmd *head, *tail; /* commands in flight, oldest first */
     size_t pending;
@@ -169,7 +174,7 @@ static void redis_cmd_free(struct redis_cmd *c)
     free(c);
 }
 
-static int redis_is_failover_error(const redisReply *reply)
+int redis_reply_is_failover(const redisReply *reply)
 {
     static const char *const prefixes[] = {"READONLY", "NOREPLICAS", "UNBLOCKED", "LOADING",
                                            "MASTERDOWN"};
@@ -180,6 +185,17 @@ static int redis_is_failover_error(const redisReply *reply)
 }
 
 static int redis_send_eval(struct redis *r, struct redis_cmd *c, int use_sha);
+
+static void redis_mark_healthy(struct redis *r)
+{
+    if (r->healthy)
+        return;
+    r->healthy = 1;
+    if (r->warned_down)
+        log_info("redis %s: working again on %s:%d", r->name, r->url.host, r->url.port);
+    r->warned_down = 0;
+    r->backoff_ms = 0;
+}
 
 /* The one hiredis callback for user commands. */
 static void redis_on_reply(redisAsyncContext *ac, void *replyp, void *privdata)
@@ -207,10 +223,11 @@ static void redis_on_reply(redisAsyncContext *ac, void *replyp, void *privdata)
         redis_cmd_free(again);
         return;
     }
+    int failover = reply && redis_reply_is_failover(reply);
     if (c->cb)
         c->cb(r, reply, c->data);
     redis_cmd_free(c);
-    if (reply && redis_is_failover_error(reply) && r->state == R_UP)
+    if (failover && r->state == R_UP)
         redis_drop(r, reply->str);
 }
 
@@ -224,10 +241,12 @@ static void redis_set_state(struct redis *r, enum redis_state s)
     r->state = s;
     log_debug("redis %s: %s -> %s", r->name, redis_state_names[old], redis_state_names[s]);
     if (s == R_UP) {
-        if (r->warned_down)
-            log_info("redis %s: connected to %s:%d again", r->name, r->url.host, r->url.port);
-        r->warned_down = 0;
-        r->backoff_ms = 0;
+        /* The backoff and the "down" warning are reset only once a command succeeds
+         * the connection has stayed up for a while (redis_mark_healthy, from the
+         * watchdog): a replica that accepts connections and reads but answers writes with
+         * READONLY must not turn into a reconnect loop that logs every 100 ms. */
+        r->healthy = 0;
+        r->up_since_ms = clock_mono_ms();
         if (r->on_state)
             r->on_state(r, 1, r->state_data);
     } else if (old == R_UP && r->on_state) {
@@ -374,6 +393,8 @@ static void redis_on_watchdog(uv_timer_t *t)
         redis_drop(r, "connect timeout");
         return;
     }
+    if (r->state == R_UP && !r->healthy && now - r->up_since_ms >= HEALTHY_AFTER_MS)
+        redis_mark_healthy(r);
     if (r->state == R_UP && r->command_timeout_ms && r->head &&
         now - r->head->sent_ms > r->command_timeout_ms)
         redis_drop(r, "command timeout");

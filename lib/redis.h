@@ -81,6 +81,10 @@ size_t redis_pending(const struct redis *r);
  * every handle is closed, after which the struct is freed. */
 void redis_close(struct redis *r, void (*closed_cb)(void *data), void *data);
 
+/* 1 if the reply says this server cannot take writes now (READONLY, NOREPLICAS, UNBLOCKED,
+ * LOADING, MASTERDOWN): a failover is under way. The connection drops itself and
+ * reconnects; callers treat the command like one whose connection was lost. */
+int redis_reply_is_failover(const redisReply *reply);
 /* 1 if the reply is an error whose text starts with prefix (e.g. "NOSCRIPT"). */
 int redis_reply_is_error(const redisReply *reply, const char *prefix);
 

@@ -174,7 +174,9 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
             worker_job_finished(w);
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR) {
+    if (redis_reply_is_failover(reply)) {
+        /* redis.c logs it and reconnects; fetching resumes when it is back. */
+    } else if (reply->type == REDIS_REPLY_ERROR) {
         log_error("fetch failed: %s", reply->str);
     } else if (reply->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 1 < reply->elements; i += 2) {

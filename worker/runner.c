@@ -162,8 +162,8 @@ static void runner_on_batch_reply(struct redis *r, redisReply *reply, void *data
     struct worker *w = b->w;
     (void)r;
     w->out_in_flight--;
-    if (!reply) {
-        outcome_requeue(w, b->list); /* connection lost: send again when it is back */
+    if (!reply || redis_reply_is_failover(reply)) {
+        outcome_requeue(w, b->list); /* not written: send again when Redis is back */
     } else {
         if (reply->type == REDIS_REPLY_ERROR)
             log_error("writing job outcomes failed: %s", reply->str);
