@@ -240,6 +240,9 @@ else
   else
     FAILED_ANY=1
   fi
+  # A short libFuzzer run over the ingest request path (parser, headers, signature, JSON
+  # sniff); the long runs are reported in the issues' closing notes.
+  step "fuzz (ingest, 30 s)" bash fuzz/run.sh 30 || FAILED_ANY=1
 fi
 
 banner "stopping services"

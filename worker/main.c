@@ -6,6 +6,7 @@
 #include "http_client.h"
 #include "log.h"
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -185,6 +186,8 @@ int main(int argc, char **argv)
     if (act != CONFIG_RUN)
         return act;
     log_init("worker", (enum log_level)cfg.log_level);
+    /* A peer that resets a socket (an admin client, a dying Redis) must not kill us. */
+    signal(SIGPIPE, SIG_IGN);
 
     uv_loop_t loop;
     uv_loop_init(&loop);

@@ -32,6 +32,7 @@ DEPS_PACKAGES=(
   valgrind             # memory checks
   procps               # pgrep/pkill/ps used by tests
   iproute2             # ss: free-port checks in services.sh
+  clang                # libFuzzer target (fuzz/run.sh)
   curl                 # demo: /readyz, /metrics and webhook posts
   openssl              # demo: signs the sample webhooks (HMAC-SHA256)
 )

@@ -1,0 +1,929 @@
+/* Black-box tests of the tierone-ingest binary (TIERONE_BIN_DIR) against the real Redis
+ * (database 3 of TIERONE_TEST_REDIS_URL), driven with blocking sockets:
+ *
+ *   - a signed delivery becomes exactly the documented Sidekiq job (both paths);
+ *   - rotated secrets, the unsigned-token path, int_millis timestamps;
+ *   - every bad input gets its status and nothing is queued;
+ *   - repeat deliveries are queued once;
+ *   - keep-alive, pipelining and chunked bodies work;
+ *   - slow clients get 408;
+ *   - Redis down: 202 from the spool, drained by the next start; disk full: 500;
+ *   - /healthz, /readyz, /metrics; SIGTERM exits 0; config errors exit 2.
+ *
+ * Each test stops its shim with SIGTERM and asserts exit status 0 and a log free of
+ * sanitizer reports (the binary is instrumented in the ASan build). */
+#include "job.h"
+#include "outbox.h"
+#include "shim.h"
+#include "signature.h"
+#include "test_redis.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SECRET  "whsec-test-secret"
+#define TOKEN   "unsigned-token-0123456789"
+#define REDISDB 3
+
+/* ---------------------------------------------------------------------------------------
+ * The shim process */
+
+struct shim_proc {
+    pid_t pid;
+    int port;
+    int out; /* read end of the child's stdout/stderr pipe */
+    char log[256];
+};
+
+/* Shims this test started and has not reaped: teardown kills them, so a failed
+ * assertion never leaves a process behind. */
+static pid_t live[8];
+
+static void live_add(pid_t pid)
+{
+    for (size_t i = 0; i < sizeof live / sizeof live[0]; i++)
+        if (!live[i]) {
+            live[i] = pid;
+            return;
+        }
+}
+
+static void live_remove(pid_t pid)
+{
+    for (size_t i = 0; i < sizeof live / sizeof live[0]; i++)
+        if (live[i] == pid)
+            live[i] = 0;
+}
+
+static char tmpdir[64];
+static char spool[128];
+static redisContext *rc;
+
+static void setup(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/tierone-ingest-XXXXXX");
+    cr_assert_not_null(mkdtemp(tmpdir));
+    snprintf(spool, sizeof spool, "%s/ingest.spool", tmpdir);
+    rc = test_redis_connect(REDISDB);
+}
+
+static void teardown(void)
+{
+    for (size_t i = 0; i < sizeof live / sizeof live[0]; i++) {
+        if (live[i]) {
+            kill(live[i], SIGKILL);
+            waitpid(live[i], NULL, 0);
+            live[i] = 0;
+        }
+    }
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cannot remove %s\n", tmpdir);
+    if (rc)
+        redisFree(rc);
+}
+
+TestSuite(ingest, .init = setup, .fini = teardown);
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return strdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = calloc(1, (size_t)n + 1);
+    if (fread(s, 1, (size_t)n, f) != (size_t)n)
+        s[0] = '\0';
+    fclose(f);
+    return s;
+}
+
+/* Copy what the child wrote so far from its pipe to its log file. The pipe is used only when
+ * the child has a file size limit, which would otherwise cut its log file short. */
+static void shim_pump(struct shim_proc *p)
+{
+    char buf[4096];
+    ssize_t n;
+    if (p->out < 0)
+        return; /* the child writes its log file itself */
+    FILE *f = fopen(p->log, "a");
+    while ((n = read(p->out, buf, sizeof buf)) > 0)
+        fwrite(buf, 1, (size_t)n, f);
+    fclose(f);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Start the binary with the common environment plus extra "KEY=VALUE" strings (NULL
+ * terminated); fsize > 0 caps the size of files it writes (a full disk). */
+static void shim_start_ex(struct shim_proc *p, const char *redis_url, rlim_t fsize,
+                          const char *const *extra)
+{
+    static int n;
+    const char *bindir = getenv("TIERONE_BIN_DIR");
+    cr_assert_not_null(bindir, "TIERONE_BIN_DIR is not set (run through ctest)");
+    char bin[512];
+    snprintf(bin, sizeof bin, "%s/tierone-ingest", bindir);
+    cr_assert_eq(access(bin, X_OK), 0, "%s not built", bin);
+    snprintf(p->log, sizeof p->log, "%s/ingest-%d.log", tmpdir, ++n);
+    p->port = 0;
+    int fds[2];
+    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
+    p->pid = fork();
+    cr_assert_geq(p->pid, 0);
+    if (p->pid == 0) {
+        setenv("TIERONE_REDIS_URL", redis_url, 1);
+        setenv("TIERONE_LISTEN_HOST", "127.0.0.1", 1);
+        setenv("TIERONE_LISTEN_PORT", "0", 1);
+        setenv("TIERONE_ADMIN_PORT", "0", 1);
+        setenv("TIERONE_WEBHOOK_SECRETS", "old-secret," SECRET, 1);
+        setenv("TIERONE_SPOOL_PATH", spool, 1);
+        setenv("TIERONE_LOG_LEVEL", "info", 1);
+        for (size_t i = 0; extra && extra[i]; i++)
+            putenv((char *)extra[i]);
+        if (fsize) {
+            struct rlimit lim = {fsize, fsize};
+            signal(SIGXFSZ, SIG_IGN);
+            setrlimit(RLIMIT_FSIZE, &lim);
+        }
+        int fd = fsize ? fds[1] : open(p->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execl(bin, bin, (char *)NULL);
+        _exit(127);
+    }
+    live_add(p->pid);
+    close(fds[1]);
+    p->out = fds[0];
+    fcntl(p->out, F_SETFL, O_NONBLOCK);
+    if (!fsize) {
+        close(p->out);
+        p->out = -1;
+    }
+    const char *key = "accepting webhooks on 127.0.0.1:";
+    uint64_t deadline = now_ms() + 15000;
+    while (now_ms() < deadline) {
+        shim_pump(p);
+        char *log = slurp(p->log);
+        char *at = strstr(log, key);
+        if (at)
+            p->port = atoi(at + strlen(key));
+        int status;
+        int exited = waitpid(p->pid, &status, WNOHANG) == p->pid;
+        if (exited)
+            live_remove(p->pid);
+        if (exited || p->port) {
+            if (exited)
+                cr_assert_fail("tierone-ingest exited at start (status %d):\n%s", status, log);
+            free(log);
+            return;
+        }
+        free(log);
+        usleep(10000);
+    }
+    kill(p->pid, SIGKILL);
+    cr_assert_fail("tierone-ingest did not start:\n%s", slurp(p->log));
+}
+
+static void shim_start(struct shim_proc *p, const char *const *extra)
+{
+    shim_start_ex(p, test_redis_url(REDISDB), 0, extra);
+}
+
+/* Wait for the process; returns its exit status (128+sig if signalled). */
+static int shim_wait(struct shim_proc *p, int timeout_ms)
+{
+    uint64_t deadline = now_ms() + (uint64_t)timeout_ms;
+    int status;
+    int rcode = -1;
+    while (now_ms() < deadline) {
+        shim_pump(p);
+        pid_t r = waitpid(p->pid, &status, WNOHANG);
+        if (r == p->pid) {
+            rcode = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            break;
+        }
+        usleep(10000);
+    }
+    if (rcode < 0) {
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, &status, 0);
+    }
+    live_remove(p->pid);
+    shim_pump(p);
+    if (p->out >= 0)
+        close(p->out);
+    p->out = -1;
+    return rcode;
+}
+
+static void shim_check_log(struct shim_proc *p)
+{
+    char *log = slurp(p->log);
+    cr_assert_null(strstr(log, "ERROR: AddressSanitizer"), "%s", log);
+    cr_assert_null(strstr(log, "ERROR: LeakSanitizer"), "%s", log);
+    cr_assert_null(strstr(log, "runtime error:"), "%s", log);
+    free(log);
+}
+
+/* SIGTERM: graceful exit with status 0. */
+static void shim_stop(struct shim_proc *p)
+{
+    kill(p->pid, SIGTERM);
+    int st = shim_wait(p, 20000);
+    char *log = slurp(p->log);
+    cr_assert_eq(st, 0, "exit status %d after SIGTERM:\n%s", st, log);
+    free(log);
+    shim_check_log(p);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * HTTP over blocking sockets */
+
+struct conn {
+    int fd;
+    char buf[1 << 17];
+    size_t len;
+};
+
+struct resp {
+    int status;
+    char headers[4096];
+    char body[8192];
+    size_t body_len;
+};
+
+static struct conn *conn_open(int port)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    cr_assert_eq(connect(c->fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s",
+                 strerror(errno));
+    struct timeval tv = {15, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return c;
+}
+
+static void conn_close(struct conn *c)
+{
+    close(c->fd);
+    free(c);
+}
+
+static void conn_send(struct conn *c, const char *data, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = send(c->fd, data + off, len - off, MSG_NOSIGNAL);
+        cr_assert_gt(n, 0, "send: %s", strerror(errno));
+        off += (size_t)n;
+    }
+}
+
+static void conn_sends(struct conn *c, const char *s)
+{
+    conn_send(c, s, strlen(s));
+}
+
+/* Read more bytes; 0 on EOF. */
+static ssize_t conn_fill(struct conn *c)
+{
+    cr_assert_lt(c->len, sizeof c->buf - 1);
+    ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, 0);
+    cr_assert_geq(n, 0, "recv: %s", strerror(errno));
+    c->len += (size_t)n;
+    c->buf[c->len] = '\0';
+    return n;
+}
+
+/* Read one response (Content-Length framed). */
+static void conn_read(struct conn *c, struct resp *r)
+{
+    char *end;
+    while (!(end = strstr(c->buf, "\r\n\r\n")))
+        cr_assert_gt(conn_fill(c), 0, "EOF before a response; got: %s", c->buf);
+    size_t hlen = (size_t)(end - c->buf) + 4;
+    memset(r, 0, sizeof *r);
+    cr_assert_eq(sscanf(c->buf, "HTTP/1.1 %d", &r->status), 1, "%s", c->buf);
+    snprintf(r->headers, sizeof r->headers, "%.*s", (int)hlen, c->buf);
+    const char *cl = strcasestr(r->headers, "\r\nContent-Length:");
+    cr_assert_not_null(cl);
+    size_t blen = strtoul(cl + 17, NULL, 10);
+    while (c->len < hlen + blen)
+        cr_assert_gt(conn_fill(c), 0, "EOF inside a body");
+    cr_assert_lt(blen, sizeof r->body);
+    memcpy(r->body, c->buf + hlen, blen);
+    r->body_len = blen;
+    memmove(c->buf, c->buf + hlen + blen, c->len - hlen - blen);
+    c->len -= hlen + blen;
+    c->buf[c->len] = '\0';
+}
+
+/* 1 if the server closed the connection (after any unread bytes). */
+static int conn_eof(struct conn *c)
+{
+    return c->len == 0 && conn_fill(c) == 0;
+}
+
+/* One request on a new connection. */
+static void roundtrip(int port, const char *req, size_t len, struct resp *r)
+{
+    struct conn *c = conn_open(port);
+    conn_send(c, req, len);
+    conn_read(c, r);
+    conn_close(c);
+}
+
+static char *xfmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *xfmt(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    cr_assert_geq(vasprintf(&s, fmt, ap), 0);
+    va_end(ap);
+    return s;
+}
+
+/* A signed POST; delivery NULL for none; extra: more header lines ("" for none). */
+static char *signed_req(const char *path, const char *body, size_t blen, const char *secret,
+                        long ts, const char *delivery, const char *extra)
+{
+    char tss[32], hex[SIGNATURE_HEX_LEN + 1];
+    snprintf(tss, sizeof tss, "%ld", ts);
+    signature_compute(secret, tss, body, blen, hex);
+    char *dh = delivery ? xfmt("X-Chatwoot-Delivery: %s\r\n", delivery) : strdup("");
+    char *head = xfmt("POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nX-Chatwoot-Timestamp: %s\r\n"
+                      "X-Chatwoot-Signature: sha256=%s\r\n%s%s\r\n",
+                      path, blen, tss, hex, dh, extra);
+    char *req = malloc(strlen(head) + blen + 1);
+    memcpy(req, head, strlen(head));
+    memcpy(req + strlen(head), body, blen);
+    req[strlen(head) + blen] = '\0';
+    free(dh);
+    free(head);
+    return req;
+}
+
+/* POST a signed body; return the response. */
+static void post(int port, const char *path, const char *body, const char *delivery, struct resp *r)
+{
+    char *req = signed_req(path, body, strlen(body), SECRET, (long)time(NULL), delivery, "");
+    roundtrip(port, req, strlen(req), r);
+    free(req);
+}
+
+/* The jid in a 202 body. */
+static void resp_jid(const struct resp *r, char out[32])
+{
+    const char *j = strstr(r->body, "\"jid\":\"");
+    cr_assert_not_null(j, "%s", r->body);
+    snprintf(out, 25, "%s", j + 7);
+}
+
+/* 1 if the shim's /metrics text contains needle. */
+static int metrics_has(int port, const char *needle)
+{
+    struct conn *c = conn_open(port);
+    conn_sends(c, "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    while (conn_fill(c) > 0)
+        ;
+    int found = strstr(c->buf, needle) != NULL;
+    conn_close(c);
+    return found;
+}
+
+/* The newest job in queue:events (LINDEX 0) parsed, and its raw text in *raw. */
+static json_t *job_at(long idx, char **raw)
+{
+    char *s = test_redis_str(rc, "LINDEX queue:events %ld", idx);
+    cr_assert_not_null(s, "no job at %ld", idx);
+    json_error_t e;
+    json_t *j = json_loads(s, 0, &e);
+    cr_assert_not_null(j, "job is not JSON: %s: %s", e.text, s);
+    if (raw)
+        *raw = s;
+    else
+        free(s);
+    return j;
+}
+
+static long long llen(void)
+{
+    return test_redis_int(rc, "LLEN queue:events");
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Tests */
+
+#define CW_BODY                                                                                    \
+    "{\"event\":\"message_created\",\"id\":42,\"content\":\"Hi \\u003cb\\u003e caf\xc3\xa9 "       \
+    "\xf0\x9f\x98\x80\",\n \"note\":\"quote \\\" backslash \\\\ tab\\t\"}"
+
+Test(ingest, signed_delivery_becomes_the_documented_job)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    struct resp r;
+    double before = (double)time(NULL);
+    long ts = (long)time(NULL);
+    char *req = signed_req("/webhooks/chatwoot", CW_BODY, strlen(CW_BODY), SECRET, ts,
+                           "3f1c9a5e-1b2c-4d5e-8f90-0a1b2c3d4e5f", "");
+    roundtrip(p.port, req, strlen(req), &r);
+    free(req);
+    cr_assert_eq(r.status, 202, "%d %s", r.status, r.body);
+    cr_assert(strstr(r.headers, "application/json"));
+    cr_assert(strstr(r.body, "\"status\":\"queued\""), "%s", r.body);
+    char jid[32];
+    resp_jid(&r, jid);
+
+    cr_assert_eq(llen(), 1);
+    cr_assert_eq(test_redis_int(rc, "SISMEMBER queues events"), 1);
+    char *raw;
+    json_t *job = job_at(0, &raw);
+    const char *prefix =
+        "{\"retry\":true,\"queue\":\"events\",\"class\":\"Tierone::ChatwootEvent\","
+        "\"args\":[{\"body\":";
+    cr_assert_eq(strncmp(raw, prefix, strlen(prefix)), 0, "key order: %s", raw);
+    cr_assert_str_eq(json_string_value(json_object_get(job, "jid")), jid);
+    cr_assert(json_is_real(json_object_get(job, "created_at")));
+    cr_assert(json_is_real(json_object_get(job, "enqueued_at")));
+    json_t *args = json_object_get(job, "args");
+    cr_assert_eq(json_array_size(args), 1);
+    json_t *a = json_array_get(args, 0);
+    cr_assert_eq(json_object_size(a), 5);
+    json_t *body = json_object_get(a, "body");
+    cr_assert_eq(json_string_length(body), strlen(CW_BODY));
+    cr_assert_eq(memcmp(json_string_value(body), CW_BODY, strlen(CW_BODY)), 0,
+                 "the body round-trips byte for byte");
+    cr_assert_str_eq(json_string_value(json_object_get(a, "delivery")),
+                     "3f1c9a5e-1b2c-4d5e-8f90-0a1b2c3d4e5f");
+    cr_assert(json_is_integer(json_object_get(a, "timestamp")));
+    cr_assert_eq(json_integer_value(json_object_get(a, "timestamp")), ts);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "path")), "chatwoot");
+    json_t *recv = json_object_get(a, "received_at");
+    cr_assert(json_is_real(recv));
+    cr_assert_geq(json_real_value(recv), before - 1);
+    cr_assert_leq(json_real_value(recv), (double)time(NULL) + 1);
+    json_decref(job);
+    free(raw);
+
+    post(p.port, "/webhooks/agent-bot", "{\"event\":\"conversation_status_changed\"}", NULL, &r);
+    cr_assert_eq(r.status, 202);
+    job = job_at(0, NULL);
+    a = json_array_get(json_object_get(job, "args"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "path")), "agent-bot");
+    cr_assert(json_is_null(json_object_get(a, "delivery")));
+    json_decref(job);
+    cr_assert_eq(test_redis_int(rc, "SCARD queues"), 1);
+    shim_stop(&p);
+}
+
+Test(ingest, any_configured_secret_is_accepted)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    struct resp r;
+    const char *body = "{\"event\":\"contact_updated\"}";
+    char *req = signed_req("/webhooks/chatwoot", body, strlen(body), "old-secret", (long)time(NULL),
+                           NULL, "");
+    roundtrip(p.port, req, strlen(req), &r);
+    free(req);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    cr_assert_eq(llen(), 1);
+    shim_stop(&p);
+}
+
+struct bad_case {
+    const char *name;
+    char *req;
+    size_t len;
+    int status;
+    const char *body_part;
+};
+
+Test(ingest, bad_inputs_get_their_status_and_nothing_is_queued)
+{
+    static const char *const env[] = {"TIERONE_MAX_BODY=4096", "TIERONE_MAX_HEADER_BYTES=2048",
+                                      NULL};
+    struct shim_proc p;
+    shim_start(&p, env);
+    long now = (long)time(NULL);
+    const char *ok = "{\"event\":\"message_created\"}";
+    char big_header[3000];
+    memset(big_header, 'h', sizeof big_header);
+    memcpy(big_header, "X-Big: ", 7);
+    memcpy(big_header + sizeof big_header - 3, "\r\n", 3);
+    char long_id[OUTBOX_MAX_DELIVERY + 2];
+    memset(long_id, 'd', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = '\0';
+    char *wrong = signed_req("/webhooks/chatwoot", ok, strlen(ok), "not-the-secret", now, "d1", "");
+    char *unsig = xfmt("POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n"
+                       "X-Chatwoot-Delivery: d2\r\n\r\n%s",
+                       strlen(ok), ok);
+    struct bad_case cases[] = {
+        {"unsigned", unsig, 0, 401, "missing"},
+        {"wrong secret", wrong, 0, 401, "mismatch"},
+        {"stale", signed_req("/webhooks/chatwoot", ok, strlen(ok), SECRET, now - 400, "d3", ""), 0,
+         401, "stale"},
+        {"future", signed_req("/webhooks/chatwoot", ok, strlen(ok), SECRET, now + 400, "d4", ""), 0,
+         401, "stale"},
+        {"not json", signed_req("/webhooks/chatwoot", "event=x", 7, SECRET, now, "d5", ""), 0, 400,
+         "not a JSON object"},
+        {"json array", signed_req("/webhooks/agent-bot", "[1,2]", 5, SECRET, now, "d6", ""), 0, 400,
+         "not a JSON object"},
+        {"truncated json", signed_req("/webhooks/chatwoot", "{\"a\":", 5, SECRET, now, "d7", ""), 0,
+         400, "not a JSON object"},
+        {"empty body", signed_req("/webhooks/chatwoot", "", 0, SECRET, now, "d8", ""), 0, 400,
+         "not a JSON object"},
+        {"long delivery id",
+         signed_req("/webhooks/chatwoot", ok, strlen(ok), SECRET, now, long_id, ""), 0, 400,
+         "X-Chatwoot-Delivery"},
+        {"GET", xfmt("GET /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\n\r\n"), 0, 405, ""},
+        {"unknown path", signed_req("/webhooks/other", ok, strlen(ok), SECRET, now, "d9", ""), 0,
+         404, ""},
+        {"token path without a token configured",
+         signed_req("/webhooks/chatwoot/" TOKEN, ok, strlen(ok), SECRET, now, "d10", ""), 0, 404,
+         ""},
+        {"no length", xfmt("POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\n\r\n"), 0, 411, ""},
+        {"body too large",
+         xfmt("POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n{}"), 0,
+         413, ""},
+        {"headers too large",
+         xfmt("POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\n%s\r\n", big_header), 0, 431, ""},
+        {"garbage", xfmt("HELLO\r\n\r\n"), 0, 400, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct bad_case *b = &cases[i];
+        const char *blank = strstr(b->req, "\r\n\r\n");
+        b->len = strlen(b->req);
+        (void)blank;
+        struct resp r;
+        roundtrip(p.port, b->req, b->len, &r);
+        cr_assert_eq(r.status, b->status, "%s: got %d (%s), want %d", b->name, r.status, r.body,
+                     b->status);
+        cr_assert(strstr(r.body, b->body_part), "%s: body %s", b->name, r.body);
+        if (b->status == 405)
+            cr_assert(strstr(r.headers, "Allow: POST"), "%s", r.headers);
+        free(b->req);
+    }
+    cr_assert_eq(llen(), 0, "nothing queued");
+    cr_assert_eq(test_redis_int(rc, "DBSIZE"), 0, "no dedupe key was set either");
+    shim_stop(&p);
+}
+
+Test(ingest, repeat_deliveries_are_queued_once)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    struct resp r;
+    const char *body = "{\"event\":\"message_created\",\"id\":1}";
+    for (int i = 0; i < 3; i++) {
+        /* Agent-bot retries re-send with the same delivery id and a new timestamp. */
+        char *req = signed_req("/webhooks/agent-bot", body, strlen(body), SECRET,
+                               (long)time(NULL) - i, "dup-1", "");
+        roundtrip(p.port, req, strlen(req), &r);
+        free(req);
+        cr_assert_eq(r.status, 202);
+        cr_assert(strstr(r.body, i == 0 ? "\"queued\"" : "\"duplicate\""), "%d: %s", i, r.body);
+    }
+    cr_assert_eq(llen(), 1);
+    long long ttl = test_redis_int(rc, "TTL tierone:delivery:dup-1");
+    cr_assert(ttl > 86000 && ttl <= 86400, "ttl %lld", ttl);
+    post(p.port, "/webhooks/agent-bot", body, "dup-2", &r);
+    cr_assert_eq(llen(), 2);
+    post(p.port, "/webhooks/chatwoot", body, NULL, &r);
+    post(p.port, "/webhooks/chatwoot", body, NULL, &r);
+    cr_assert_eq(llen(), 4, "without a delivery id there is no dedupe");
+    shim_stop(&p);
+}
+
+Test(ingest, keep_alive_and_pipelining)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    struct conn *c = conn_open(p.port);
+    struct resp r;
+    char id[32];
+    for (int i = 0; i < 3; i++) {
+        snprintf(id, sizeof id, "ka-%d", i);
+        char *req =
+            signed_req("/webhooks/chatwoot", "{\"n\":1}", 7, SECRET, (long)time(NULL), id, "");
+        conn_sends(c, req);
+        free(req);
+        conn_read(c, &r);
+        cr_assert_eq(r.status, 202);
+        cr_assert_null(strstr(r.headers, "Connection: close"));
+    }
+    /* five requests in one write; answers come back in order */
+    char all[16384] = "";
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "pl-%d", i);
+        char *req =
+            signed_req("/webhooks/chatwoot", "{\"n\":2}", 7, SECRET, (long)time(NULL), id, "");
+        strcat(all, req);
+        free(req);
+    }
+    conn_sends(c, all);
+    char jids[5][32];
+    for (int i = 0; i < 5; i++) {
+        conn_read(c, &r);
+        cr_assert_eq(r.status, 202, "%d: %s", i, r.body);
+        resp_jid(&r, jids[i]);
+    }
+    cr_assert_eq(llen(), 8);
+    for (int i = 0; i < 5; i++) { /* LPUSH: the newest is at index 0 */
+        json_t *job = job_at(4 - i, NULL);
+        cr_assert_str_eq(json_string_value(json_object_get(job, "jid")), jids[i]);
+        json_t *a = json_array_get(json_object_get(job, "args"), 0);
+        snprintf(id, sizeof id, "pl-%d", i);
+        cr_assert_str_eq(json_string_value(json_object_get(a, "delivery")), id);
+        json_decref(job);
+    }
+    conn_close(c);
+    shim_stop(&p);
+}
+
+Test(ingest, chunked_body_is_decoded_and_verified)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    const char *body = "{\"event\":\"message_updated\",\"content\":\"chunked\"}";
+    char tss[32], hex[SIGNATURE_HEX_LEN + 1];
+    snprintf(tss, sizeof tss, "%ld", (long)time(NULL));
+    signature_compute(SECRET, tss, body, strlen(body), hex);
+    char *req = xfmt("POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                     "X-Chatwoot-Timestamp: %s\r\nX-Chatwoot-Signature: sha256=%s\r\n\r\n"
+                     "a\r\n%.10s\r\n%zx\r\n%s\r\n0\r\n\r\n",
+                     tss, hex, body, strlen(body) - 10, body + 10);
+    struct resp r;
+    roundtrip(p.port, req, strlen(req), &r);
+    free(req);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    json_t *job = job_at(0, NULL);
+    json_t *a = json_array_get(json_object_get(job, "args"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "body")), body);
+    json_decref(job);
+    shim_stop(&p);
+}
+
+Test(ingest, slow_clients_are_cut_off)
+{
+    static const char *const env[] = {"TIERONE_HEADER_TIMEOUT=300ms", "TIERONE_BODY_TIMEOUT=300ms",
+                                      NULL};
+    struct shim_proc p;
+    shim_start(&p, env);
+    struct resp r;
+    struct conn *c = conn_open(p.port);
+    conn_sends(c, "POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\nX-Chatwoot-Time");
+    conn_read(c, &r);
+    cr_assert_eq(r.status, 408);
+    cr_assert(conn_eof(c));
+    conn_close(c);
+
+    c = conn_open(p.port);
+    conn_sends(c, "POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n"
+                  "{\"event\":");
+    conn_read(c, &r);
+    cr_assert_eq(r.status, 408);
+    cr_assert(conn_eof(c));
+    conn_close(c);
+    cr_assert_eq(llen(), 0);
+    shim_stop(&p);
+}
+
+Test(ingest, unsigned_token_path)
+{
+    static const char *const env[] = {"TIERONE_UNSIGNED_TOKEN=" TOKEN, NULL};
+    struct shim_proc p;
+    shim_start(&p, env);
+    struct resp r;
+    const char *body = "{\"event\":\"message_created\"}";
+    char *req = xfmt("POST /webhooks/agent-bot/" TOKEN " HTTP/1.1\r\nHost: t\r\n"
+                     "Content-Length: %zu\r\nX-Chatwoot-Delivery: u-1\r\n\r\n%s",
+                     strlen(body), body);
+    roundtrip(p.port, req, strlen(req), &r);
+    free(req);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    json_t *job = job_at(0, NULL);
+    json_t *a = json_array_get(json_object_get(job, "args"), 0);
+    cr_assert_str_eq(json_string_value(json_object_get(a, "path")), "agent-bot");
+    cr_assert(json_is_null(json_object_get(a, "timestamp")));
+    cr_assert_str_eq(json_string_value(json_object_get(a, "delivery")), "u-1");
+    json_decref(job);
+
+    req = xfmt("POST /webhooks/chatwoot/wrong-token-0123456789 HTTP/1.1\r\nHost: t\r\n"
+               "Content-Length: %zu\r\n\r\n%s",
+               strlen(body), body);
+    roundtrip(p.port, req, strlen(req), &r);
+    free(req);
+    cr_assert_eq(r.status, 404);
+    req = xfmt("POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n%s",
+               strlen(body), body);
+    roundtrip(p.port, req, strlen(req), &r);
+    free(req);
+    cr_assert_eq(r.status, 401, "the plain path still needs a signature");
+    /* a signed delivery on the plain path works alongside */
+    post(p.port, "/webhooks/chatwoot", body, NULL, &r);
+    cr_assert_eq(r.status, 202);
+    cr_assert_eq(llen(), 2);
+    shim_stop(&p);
+}
+
+Test(ingest, int_millis_timestamps)
+{
+    static const char *const env[] = {"TIERONE_TIMESTAMP_FORMAT=int_millis", NULL};
+    struct shim_proc p;
+    shim_start(&p, env);
+    struct resp r;
+    post(p.port, "/webhooks/chatwoot", "{}", NULL, &r);
+    cr_assert_eq(r.status, 202);
+    json_t *job = job_at(0, NULL);
+    json_t *ca = json_object_get(job, "created_at");
+    cr_assert(json_is_integer(ca));
+    cr_assert_gt(json_integer_value(ca), 100000000000LL);
+    json_t *a = json_array_get(json_object_get(job, "args"), 0);
+    cr_assert(json_is_real(json_object_get(a, "received_at")), "received_at stays float seconds");
+    json_decref(job);
+    shim_stop(&p);
+}
+
+/* A TCP port nothing listens on (bound, then released). */
+static int dead_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t len = sizeof a;
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+Test(ingest, redis_down_spools_and_the_next_start_drains)
+{
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    struct shim_proc p;
+    shim_start_ex(&p, url, 0, NULL);
+    struct resp r;
+    post(p.port, "/webhooks/chatwoot", "{\"n\":1}", "sp-1", &r);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    cr_assert(strstr(r.body, "\"spooled\""), "%s", r.body);
+    post(p.port, "/webhooks/chatwoot", "{\"n\":2}", "sp-2", &r);
+    post(p.port, "/webhooks/chatwoot", "{\"n\":2}", "sp-2", &r); /* a repeat, spooled too */
+    post(p.port, "/webhooks/chatwoot", "{\"n\":3}", NULL, &r);
+    cr_assert_eq(r.status, 202);
+    shim_stop(&p);
+    cr_assert_eq(llen(), 0);
+
+    shim_start(&p, NULL); /* same spool, Redis reachable */
+    uint64_t deadline = now_ms() + 15000;
+    while (llen() < 3 && now_ms() < deadline)
+        usleep(10000);
+    cr_assert_eq(llen(), 3, "spooled jobs drained, the repeat deduped");
+    const char *order[] = {"{\"n\":1}", "{\"n\":2}", "{\"n\":3}"};
+    for (int i = 0; i < 3; i++) {
+        json_t *job = job_at(2 - i, NULL);
+        json_t *a = json_array_get(json_object_get(job, "args"), 0);
+        cr_assert_str_eq(json_string_value(json_object_get(a, "body")), order[i]);
+        json_decref(job);
+    }
+    /* once drained (the shim saw the last reply), new deliveries go straight to Redis */
+    deadline = now_ms() + 15000;
+    while (!metrics_has(p.port, "\ntierone_ingest_spool_depth 0\n") && now_ms() < deadline)
+        usleep(10000);
+    post(p.port, "/webhooks/chatwoot", "{\"n\":4}", NULL, &r);
+    cr_assert(strstr(r.body, "\"queued\""), "%s", r.body);
+    shim_stop(&p);
+    struct stat st;
+    cr_assert_eq(stat(spool, &st), 0);
+    cr_assert_eq(st.st_size, 16, "the spool is cut back to its header");
+}
+
+Test(ingest, disk_full_and_redis_down_answers_500)
+{
+    char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    struct shim_proc p;
+    shim_start_ex(&p, url, 200, NULL); /* room for the header, not for a job */
+    struct resp r;
+    post(p.port, "/webhooks/agent-bot", "{\"event\":\"message_created\"}", "full-1", &r);
+    cr_assert_eq(r.status, 500, "%s", r.body);
+    cr_assert(strstr(r.body, "cannot queue"), "%s", r.body);
+    shim_stop(&p);
+}
+
+Test(ingest, health_endpoints_and_metrics)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    struct resp r;
+    const char *get = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    roundtrip(p.port, get, strlen(get), &r);
+    cr_assert_eq(r.status, 200);
+    get = "GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n";
+    roundtrip(p.port, get, strlen(get), &r);
+    cr_assert_eq(r.status, 200);
+    post(p.port, "/webhooks/chatwoot", "{\"event\":\"message_created\"}", NULL, &r);
+    post(p.port, "/webhooks/chatwoot", "nope", NULL, &r);
+    struct conn *c = conn_open(p.port);
+    conn_sends(c, "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    while (conn_fill(c) > 0) /* the whole exposition, up to the server's close */
+        ;
+    cr_assert(strstr(c->buf, "HTTP/1.1 200"), "%s", c->buf);
+    cr_assert(strstr(c->buf, "tierone_ingest_requests_total{path=\"chatwoot\",status=\"202\"} 1"),
+              "%s", c->buf);
+    cr_assert(strstr(c->buf, "tierone_ingest_requests_total{path=\"chatwoot\",status=\"400\"} 1"));
+    cr_assert(strstr(c->buf,
+                     "tierone_ingest_events_total{path=\"chatwoot\",event=\"message_created\"} 1"));
+    cr_assert(strstr(c->buf, "tierone_ingest_jobs_total{result=\"queued\"} 1"));
+    cr_assert(strstr(c->buf, "tierone_ingest_redis_up 1"));
+    conn_close(c);
+    shim_stop(&p);
+}
+
+Test(ingest, configuration_errors_exit_2)
+{
+    const char *bindir = getenv("TIERONE_BIN_DIR");
+    cr_assert_not_null(bindir);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "env -u TIERONE_WEBHOOK_SECRETS -u TIERONE_UNSIGNED_TOKEN %s/tierone-ingest "
+             ">%s/cfg.out 2>&1",
+             bindir, tmpdir);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
+    snprintf(cmd, sizeof cmd, "%s/cfg.out", tmpdir);
+    char *out = slurp(cmd);
+    cr_assert(strstr(out, "TIERONE_WEBHOOK_SECRETS"), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "TIERONE_WEBHOOK_SECRETS=topsecret %s/tierone-ingest --check-config >%s/cfg.out 2>&1",
+             bindir, tmpdir);
+    st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+    snprintf(cmd, sizeof cmd, "%s/cfg.out", tmpdir);
+    out = slurp(cmd);
+    cr_assert_null(strstr(out, "topsecret"), "secrets are masked: %s", out);
+    cr_assert(strstr(out, "configuration OK"), "%s", out);
+    free(out);
+}
+
+/* shim_job_arg writes received_at with its own integer formatting: it must match Ruby's
+ * Float#to_s (job_format_time) for every microsecond-resolution wall time. */
+Test(ingest_arg, received_at_matches_ruby_float_format)
+{
+    const double samples[] = {1712345678.123456, 1712345678.5,     1712345678.0, 1700000000.000001,
+                              1799999999.999999, 1712345678.10002, 0.25};
+    unsigned seed = 12345;
+    for (int i = 0; i < 20000; i++) {
+        double t;
+        if (i < (int)(sizeof samples / sizeof samples[0])) {
+            t = samples[i];
+        } else {
+            seed = seed * 1103515245u + 12345u;
+            long long sec = 1600000000LL + (seed % 400000000u);
+            seed = seed * 1103515245u + 12345u;
+            t = (double)sec + (double)(seed % 1000000u) / 1e6; /* as clock_wall_s does */
+        }
+        struct buf b = BUF_INIT;
+        shim_job_arg(&b, "{}", 2, NULL, NULL, "chatwoot", t);
+        char want[64];
+        job_format_time(want, sizeof want, JOB_TS_FLOAT_SECONDS, t);
+        const char *got = strstr(b.data, "\"received_at\":") + 14;
+        cr_assert_eq(strncmp(got, want, strlen(want)), 0, "%.6f: got %s want %s", t, got, want);
+        cr_assert_eq(got[strlen(want)], '}', "%s vs %s", got, want);
+        buf_free(&b);
+    }
+}
