@@ -4,6 +4,7 @@
 #include "job.h"
 
 #include <criterion/criterion.h>
+#include <stdint.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -579,4 +580,25 @@ Test(job_format, jobs_keep_their_own_time_unit)
     cr_assert(strstr(out, "\"failed_at\":1712345679250") != NULL, "%s", out);
     free(out);
     job_free(&j);
+}
+
+/* The fast path of job_format_time agrees with the shortest round-trip form (checked by
+ * brute force: the fewest decimals whose value reads back as the same double). */
+Test(job_format, float_fast_path_is_the_shortest_round_trip)
+{
+    uint64_t x = 88172645463325252ull;
+    for (int i = 0; i < 20000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double v = 1.0e9 + (double)(x % 3000000000000000ull) / 1e6;
+        if (i % 3 == 0)
+            v = (double)(long long)v + 0.5; /* short fractions too */
+        char got[40], want[40];
+        job_format_time(got, sizeof got, JOB_TS_FLOAT_SECONDS, v);
+        for (int d = 1; d <= 17; d++) {
+            snprintf(want, sizeof want, "%.*f", d, v);
+            if (strtod(want, NULL) == v)
+                break;
+        }
+        cr_assert_str_eq(got, want, "v=%.17g", v);
+    }
 }
