@@ -9,7 +9,6 @@
 #include "clock.h"
 #include "xalloc.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
@@ -66,6 +65,94 @@ struct redis {
 
 static void redis_connect(struct redis *r);
 static void redis_drop(struct redis *r, const char *why);
+
+/* ---- event adapter ------------------------------------------------------------------
+ * Our own libuv binding for hiredis's event hooks. Debian's hiredis 0.14 ships one whose
+ * poll callback returns on an error status; libuv reports a reset socket that way (and
+ * stops the poll), so that adapter never tells hiredis the connection is gone and every
+ * command hangs until the command timeout. Here a poll error drops the connection at once. */
+
+struct redis_ev {
+    uv_poll_t poll;
+    redisAsyncContext *ac; /* NULL once hiredis cleaned up */
+    int events;
+};
+
+static void redis_ev_on_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void redis_ev_on_poll(uv_poll_t *h, int status, int events)
+{
+    struct redis_ev *e = h->data;
+    if (!e->ac)
+        return;
+    if (status < 0) {
+        struct redis *r = e->ac->data;
+        if (r && r->ac == e->ac)
+            redis_drop(r, uv_strerror(status));
+        return;
+    }
+    if (events & UV_READABLE)
+        redisAsyncHandleRead(e->ac);
+    if (e->ac && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(e->ac);
+}
+
+static void redis_ev_update(struct redis_ev *e, int add, int remove)
+{
+    if (!e->ac)
+        return;
+    e->events = (e->events | add) & ~remove;
+    if (e->events)
+        uv_poll_start(&e->poll, e->events, redis_ev_on_poll);
+    else
+        uv_poll_stop(&e->poll);
+}
+
+static void redis_ev_add_read(void *p)
+{
+    redis_ev_update(p, UV_READABLE, 0);
+}
+static void redis_ev_del_read(void *p)
+{
+    redis_ev_update(p, 0, UV_READABLE);
+}
+static void redis_ev_add_write(void *p)
+{
+    redis_ev_update(p, UV_WRITABLE, 0);
+}
+static void redis_ev_del_write(void *p)
+{
+    redis_ev_update(p, 0, UV_WRITABLE);
+}
+
+static void redis_ev_cleanup(void *p)
+{
+    struct redis_ev *e = p;
+    e->ac = NULL;
+    uv_poll_stop(&e->poll);
+    uv_close((uv_handle_t *)&e->poll, redis_ev_on_closed);
+}
+
+static int redis_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct redis_ev *e = xcalloc(1, sizeof *e);
+    if (uv_poll_init_socket(loop, &e->poll, ac->c.fd) != 0) {
+        free(e);
+        return -1;
+    }
+    e->poll.data = e;
+    e->ac = ac;
+    ac->ev.data = e;
+    ac->ev.addRead = redis_ev_add_read;
+    ac->ev.delRead = redis_ev_del_read;
+    ac->ev.addWrite = redis_ev_add_write;
+    ac->ev.delWrite = redis_ev_del_write;
+    ac->ev.cleanup = redis_ev_cleanup;
+    return 0;
+}
 
 /* ---- URL ---------------------------------------------------------------------------- */
 
@@ -375,7 +462,12 @@ static void redis_connect(struct redis *r)
     }
     ac->data = r;
     r->ac = ac;
-    redisLibuvAttach(ac, r->loop);
+    if (redis_ev_attach(ac, r->loop) != 0) {
+        r->ac = NULL;
+        redisAsyncFree(ac);
+        redis_schedule_reconnect(r);
+        return;
+    }
     redisAsyncSetConnectCallback(ac, redis_on_connect);
     redisAsyncSetDisconnectCallback(ac, redis_on_disconnect);
     r->connect_started_ms = clock_mono_ms();

@@ -54,6 +54,9 @@ void fetcher_kick(struct worker *w);
 void fetcher_close(struct worker *w);
 /* Parse the TIERONE_QUEUES list into w->queues. */
 int fetcher_parse_queues(struct worker *w, const char *spec, char *err, size_t errcap);
+/* After a reconnect: put back on their queues the jobs of fetches whose reply was lost
+ * (the Lua call may have run and stored them, but nobody here runs them). */
+void fetcher_reclaim(struct worker *w);
 /* Put every job of our in-progress store back on its queue (RPUSH), then call done. */
 void fetcher_requeue_all(struct worker *w, void (*done)(struct worker *w, int ok));
 

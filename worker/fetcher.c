@@ -169,7 +169,12 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
     w->fetch_in_flight = 0;
     size_t got = 0;
     if (!reply) {
-        /* Connection lost: fetcher_kick runs again when it is back (worker.c). */
+        /* Connection lost: the script may have run and stored jobs that we will never see.
+         * Remember its prefix; fetcher_reclaim puts them back once Redis is reachable. */
+        if (w->nlost < sizeof w->lost_fetches / sizeof *w->lost_fetches)
+            w->lost_fetches[w->nlost++] = (unsigned long long)w->seq;
+        else
+            log_error("too many lost fetches to track; their jobs wait for the shutdown requeue");
         if (w->stopping)
             worker_job_finished(w);
         return;
@@ -237,6 +242,52 @@ void fetcher_kick(struct worker *w)
         argv[argc++] = w->queues[order[i]].name;
     if (redis_eval(w->redis, &fetch_script, fetcher_on_reply, w, 3, argc, argv, NULL) == 0)
         w->fetch_in_flight = 1;
+}
+
+/* KEYS[1] store; ARGV: prefixes of lost fetches. RPUSH back every field "<prefix>.<n>:q". */
+static struct redis_script reclaim_script =
+    REDIS_SCRIPT("local n = 0\n"
+                 "for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do\n"
+                 "  local p = string.match(f, '^(%d+)%.')\n"
+                 "  for i = 1, #ARGV do\n"
+                 "    if p == ARGV[i] then\n"
+                 "      local q = string.match(f, '^[^:]*:(.*)$')\n"
+                 "      redis.call('RPUSH', 'queue:' .. q, redis.call('HGET', KEYS[1], f))\n"
+                 "      redis.call('HDEL', KEYS[1], f)\n"
+                 "      n = n + 1\n"
+                 "      break\n"
+                 "    end\n"
+                 "  end\n"
+                 "end\n"
+                 "return n\n");
+
+static void fetcher_on_reclaimed(struct redis *r, redisReply *reply, void *data)
+{
+    struct worker *w = data;
+    (void)r;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER)
+        return; /* still unreachable: tried again on the next reconnect */
+    if (reply->integer > 0)
+        log_warn("put %lld job(s) back on their queues: their fetch reply was lost with the "
+                 "connection",
+                 reply->integer);
+    w->nlost = 0;
+}
+
+void fetcher_reclaim(struct worker *w)
+{
+    if (w->nlost == 0)
+        return;
+    char store[320], prefixes[32][24];
+    const char *argv[33];
+    snprintf(store, sizeof store, KEY_INPROGRESS_FMT, w->identity);
+    argv[0] = store;
+    for (size_t i = 0; i < w->nlost; i++) {
+        snprintf(prefixes[i], sizeof prefixes[i], "%llu", w->lost_fetches[i]);
+        argv[i + 1] = prefixes[i];
+    }
+    redis_eval(w->redis, &reclaim_script, fetcher_on_reclaimed, w, 1, (int)w->nlost + 1, argv,
+               NULL);
 }
 
 int fetcher_init(struct worker *w)

@@ -195,7 +195,9 @@ static void heartbeat_on_ping(struct redis *r, redisReply *reply, void *data)
     struct beat *bt = data;
     struct worker *w = bt->w;
     (void)r;
-    if (!reply || !redis_is_up(w->redis)) {
+    /* Once closing, the stop sequence owns our Redis entries: a late beat would put the
+     * process back in `processes` after the requeue took it out. */
+    if (!reply || w->closing || !redis_is_up(w->redis)) {
         w->beat_in_flight = 0;
         free(bt);
         return;
@@ -270,6 +272,7 @@ void heartbeat_clear(struct worker *w, void (*done)(struct worker *w))
     redis_command(w->redis, NULL, NULL, "INCRBY stat:failed:%s %lld", day, f);
     redis_command(w->redis, NULL, NULL, "EXPIRE stat:failed:%s %d", day, STATS_TTL);
     redis_command(w->redis, NULL, NULL, "SREM processes %s", w->identity);
+    redis_command(w->redis, NULL, NULL, "SREM %s %s", KEY_PROCESSES, w->identity);
     redis_command(w->redis, NULL, NULL, "UNLINK %s %s:work %s:workers " KEY_LEASE_FMT, w->identity,
                   w->identity, w->identity, w->identity);
     if (redis_command(w->redis, heartbeat_on_cleared, req, "EXEC") != 0)

@@ -54,6 +54,7 @@ static void worker_on_redis_state(struct redis *r, int up, void *data)
     struct worker *w = data;
     (void)r;
     if (up) {
+        fetcher_reclaim(w);
         heartbeat_beat(w);
         runner_flush(w);
         fetcher_kick(w);
@@ -201,7 +202,9 @@ struct http_client *worker_http(struct worker *w)
 {
     if (!w->http) {
         char *err = NULL;
-        struct http_client_opts opts = {.max_host_connections = 0};
+        /* 4 KiB receive buffers instead of curl's 16 KiB: job responses are small and a
+         * thousand requests in flight would otherwise hold 16 MB of buffers (bench/). */
+        struct http_client_opts opts = {.recv_buffer_size = 4096};
         w->http = http_client_new(w->loop, &opts, &err);
         if (!w->http) {
             log_error("cannot start the HTTP client: %s", err ? err : "?");

@@ -78,6 +78,8 @@ struct worker {
 
     /* fetcher */
     int fetch_in_flight;
+    unsigned long long lost_fetches[32]; /* prefixes of fetches whose reply never came */
+    size_t nlost;
     uint32_t idle_ms; /* current idle backoff */
     uv_timer_t fetch_timer;
 

@@ -22,7 +22,7 @@ check() {
 }
 if ! command -v valgrind >/dev/null; then echo "valgrind is not installed"; echo "0 passed, 1 failed"; exit 1; fi
 # Sanitizer builds cannot run under valgrind; the plain pass covers this test.
-if nm -an "$BIN" 2>/dev/null | grep -q __asan_init; then
+if ldd "$BIN" 2>/dev/null | grep -q libasan; then
   echo "skipped: $BIN is an AddressSanitizer build (valgrind runs in the plain pass)"
   echo "1 passed, 0 failed"
   exit 0
