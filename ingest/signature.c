@@ -105,17 +105,6 @@ int signature_parse_timestamp(const char *ts, int64_t *out)
     return 0;
 }
 
-static int signature_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* "sha256=<64 hex>" into 32 bytes. */
 static int signature_parse(const char *sig, unsigned char out[SIGNATURE_DIGEST_LEN])
 {
@@ -124,7 +113,8 @@ static int signature_parse(const char *sig, unsigned char out[SIGNATURE_DIGEST_L
         return -1;
     const char *h = sig + plen;
     for (size_t i = 0; i < SIGNATURE_DIGEST_LEN; i++) {
-        int hi = signature_hexval(h[2 * i]), lo = signature_hexval(h[2 * i + 1]);
+        int hi = OPENSSL_hexchar2int((unsigned char)h[2 * i]),
+            lo = OPENSSL_hexchar2int((unsigned char)h[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         out[i] = (unsigned char)(hi << 4 | lo);
