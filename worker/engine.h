@@ -30,8 +30,9 @@ struct job_ctx {
 };
 
 /* Run the fetched job (field, raw) from queue: parse, find its type, perform. Takes
- * ownership of field and raw. Called by the fetcher for each fetched job. */
-void runner_start(struct worker *w, char *field, const char *queue, char *raw, size_t len);
+ * ownership of field; raw is borrowed (the parsed job keeps its own copy). Called by the
+ * fetcher for each fetched job, straight from the Redis reply. */
+void runner_start(struct worker *w, char *field, const char *queue, const char *raw, size_t len);
 /* Number of free slots. */
 size_t runner_free_slots(const struct worker *w);
 /* Write outcomes waiting for Redis, if connected. */

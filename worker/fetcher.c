@@ -189,7 +189,7 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
             const char *colon = memchr(f->str, ':', f->len);
             char *field = xstrndup(f->str, f->len);
             char *queue = xstrdup(colon ? colon + 1 : "default");
-            runner_start(w, field, queue, xstrndup(j->str, j->len), j->len);
+            runner_start(w, field, queue, j->str, j->len);
             free(queue);
             got++;
         }
@@ -223,16 +223,14 @@ void fetcher_kick(struct worker *w)
         want = FETCH_MAX;
     size_t order[256];
     size_t nq = fetcher_order(w, order);
-    char store[320], lease[320], prefix[32], nbuf[16], ttl[16];
-    snprintf(store, sizeof store, KEY_INPROGRESS_FMT, w->identity);
-    snprintf(lease, sizeof lease, KEY_LEASE_FMT, w->identity);
+    char prefix[32], nbuf[16], ttl[16];
     snprintf(prefix, sizeof prefix, "%llu", (unsigned long long)++w->seq);
     snprintf(nbuf, sizeof nbuf, "%zu", want);
     snprintf(ttl, sizeof ttl, "%lld", w->cfg->lease_ttl_s);
     const char *argv[7 + 256];
     int argc = 0;
-    argv[argc++] = store;
-    argv[argc++] = lease;
+    argv[argc++] = w->store_key;
+    argv[argc++] = w->lease_key;
     argv[argc++] = KEY_PROCESSES;
     argv[argc++] = prefix;
     argv[argc++] = nbuf;
@@ -278,10 +276,9 @@ void fetcher_reclaim(struct worker *w)
 {
     if (w->nlost == 0)
         return;
-    char store[320], prefixes[32][24];
+    char prefixes[32][24];
     const char *argv[33];
-    snprintf(store, sizeof store, KEY_INPROGRESS_FMT, w->identity);
-    argv[0] = store;
+    argv[0] = w->store_key;
     for (size_t i = 0; i < w->nlost; i++) {
         snprintf(prefixes[i], sizeof prefixes[i], "%llu", w->lost_fetches[i]);
         argv[i + 1] = prefixes[i];
@@ -327,9 +324,7 @@ static void fetcher_on_requeued(struct redis *r, redisReply *reply, void *data)
 
 void fetcher_requeue_all(struct worker *w, void (*done)(struct worker *w, int ok))
 {
-    char store[320];
-    snprintf(store, sizeof store, KEY_INPROGRESS_FMT, w->identity);
-    const char *argv[3] = {store, KEY_PROCESSES, w->identity};
+    const char *argv[3] = {w->store_key, KEY_PROCESSES, w->identity};
     struct requeue_req *req = xmalloc(sizeof *req);
     req->w = w;
     req->done = done;

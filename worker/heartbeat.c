@@ -180,8 +180,7 @@ static void heartbeat_send(struct worker *w, struct beat *bt)
         "rss",    rss,         "concurrency", conc};
     heartbeat_cmd(w, NULL, NULL, (int)(sizeof hm / sizeof *hm), hm, NULL);
     redis_command(w->redis, NULL, NULL, "EXPIRE %s 60", w->identity);
-    snprintf(key, sizeof key, KEY_LEASE_FMT, w->identity);
-    redis_command(w->redis, NULL, NULL, "SET %s 1 EX %s", key, ttl);
+    redis_command(w->redis, NULL, NULL, "SET %s 1 EX %s", w->lease_key, ttl);
     redis_command(w->redis, NULL, NULL, "SADD %s %s", KEY_PROCESSES, w->identity);
     snprintf(key2, sizeof key2, "%s-signals", w->identity);
     redis_command(w->redis, NULL, NULL, "RPOP %s", key2);
@@ -273,8 +272,8 @@ void heartbeat_clear(struct worker *w, void (*done)(struct worker *w))
     redis_command(w->redis, NULL, NULL, "EXPIRE stat:failed:%s %d", day, STATS_TTL);
     redis_command(w->redis, NULL, NULL, "SREM processes %s", w->identity);
     redis_command(w->redis, NULL, NULL, "SREM %s %s", KEY_PROCESSES, w->identity);
-    redis_command(w->redis, NULL, NULL, "UNLINK %s %s:work %s:workers " KEY_LEASE_FMT, w->identity,
-                  w->identity, w->identity, w->identity);
+    redis_command(w->redis, NULL, NULL, "UNLINK %s %s:work %s:workers %s", w->identity, w->identity,
+                  w->identity, w->lease_key);
     if (redis_command(w->redis, heartbeat_on_cleared, req, "EXEC") != 0)
         heartbeat_on_cleared(w->redis, NULL, req);
 }

@@ -23,7 +23,7 @@ enum outcome_kind { OUT_ACK, OUT_RETRY, OUT_DEAD };
 struct outcome {
     struct outcome *next;
     enum outcome_kind kind;
-    char *store_key; /* in-progress hash the job leaves */
+    char *store_key; /* in-progress hash the job leaves; NULL = ours (w->store_key) */
     char *field;
     char *payload; /* retry/dead member */
     size_t len;
@@ -111,9 +111,9 @@ void job_ctx_set_state(struct job_ctx *ctx, void *state)
 
 /* ---- outcomes ------------------------------------------------------------------------ */
 
-static char *runner_store_key(const struct worker *w)
+static const char *outcome_store(const struct worker *w, const struct outcome *o)
 {
-    return xasprintf(KEY_INPROGRESS_FMT, w->identity);
+    return o->store_key ? o->store_key : w->store_key;
 }
 
 static void outcome_push(struct worker *w, struct outcome *o)
@@ -181,7 +181,7 @@ static void runner_send_acks(struct worker *w, struct outcome *acks, size_t n)
 {
     const char **argv = xmalloc(sizeof *argv * (n + 2));
     argv[0] = "HDEL";
-    argv[1] = acks->store_key;
+    argv[1] = outcome_store(w, acks);
     size_t i = 2;
     for (struct outcome *o = acks; o; o = o->next)
         argv[i++] = o->field;
@@ -204,8 +204,9 @@ static void runner_send_fail(struct worker *w, struct outcome *o)
     const char *argv[7];
     size_t lens[7];
     int argc = 0;
-    argv[argc] = o->store_key;
-    lens[argc++] = strlen(o->store_key);
+    argv[argc] = outcome_store(w, o);
+    lens[argc] = strlen(argv[argc]);
+    argc++;
     argv[argc] = o->kind == OUT_RETRY ? "retry" : "dead";
     lens[argc++] = strlen(argv[1]);
     argv[argc] = o->field;
@@ -248,7 +249,8 @@ void runner_flush(struct worker *w)
         struct outcome *o = list;
         list = o->next;
         o->next = NULL;
-        if (o->kind == OUT_ACK && (!acks || strcmp(acks->store_key, o->store_key) == 0)) {
+        if (o->kind == OUT_ACK &&
+            (!acks || strcmp(outcome_store(w, acks), outcome_store(w, o)) == 0)) {
             *acks_tail = o;
             acks_tail = &o->next;
             nacks++;
@@ -272,7 +274,7 @@ void runner_kill(struct worker *w, const char *store_key, const char *field, con
 {
     struct outcome *o = xcalloc(1, sizeof *o);
     o->kind = OUT_DEAD;
-    o->store_key = store_key ? xstrdup(store_key) : runner_store_key(w);
+    o->store_key = xstrdup(store_key); /* NULL stays NULL: our own store */
     o->field = xstrdup(field);
     o->payload = xstrndup(payload, len);
     o->len = len;
@@ -324,7 +326,6 @@ static void runner_queue_ack(struct worker *w, struct job_ctx *ctx)
 {
     struct outcome *o = xcalloc(1, sizeof *o);
     o->kind = OUT_ACK;
-    o->store_key = runner_store_key(w);
     o->field = ctx->field;
     ctx->field = NULL;
     outcome_push(w, o);
@@ -349,7 +350,6 @@ static void runner_fail(struct worker *w, struct job_ctx *ctx, struct job_error 
     char *payload =
         job_failed_payload(j, &f, (enum job_ts_format)w->cfg->timestamp_format, now, &len, &count);
     struct outcome *o = xcalloc(1, sizeof *o);
-    o->store_key = runner_store_key(w);
     o->field = ctx->field;
     ctx->field = NULL;
     o->payload = payload;
@@ -401,7 +401,7 @@ void job_done(struct job_ctx *ctx, struct job_error *err)
     runner_release(w, ctx);
 }
 
-void runner_start(struct worker *w, char *field, const char *queue, char *raw, size_t len)
+void runner_start(struct worker *w, char *field, const char *queue, const char *raw, size_t len)
 {
     struct job_ctx *ctx = w->free_slots;
     if (!ctx) {
@@ -414,10 +414,8 @@ void runner_start(struct worker *w, char *field, const char *queue, char *raw, s
         log_error("job from queue %s is not valid JSON, moved to the dead set: %s", queue, err);
         runner_kill(w, NULL, field, raw, len);
         free(field);
-        free(raw);
         return;
     }
-    free(raw);
     w->free_slots = ctx->next_free;
     ctx->next_free = NULL;
     w->busy++;

@@ -77,6 +77,8 @@ static void worker_make_identity(struct worker *w)
             nonce[i] = (unsigned char)random();
     snprintf(w->identity, sizeof w->identity, "%s:%d:%02x%02x%02x%02x%02x%02x", w->hostname,
              (int)getpid(), nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5]);
+    snprintf(w->store_key, sizeof w->store_key, KEY_INPROGRESS_FMT, w->identity);
+    snprintf(w->lease_key, sizeof w->lease_key, KEY_LEASE_FMT, w->identity);
 }
 
 int worker_init(struct worker *w, uv_loop_t *loop, struct worker_settings *cfg, char *err,

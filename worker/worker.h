@@ -53,6 +53,8 @@ struct worker {
     uv_loop_t *loop;
     struct worker_settings *cfg;
     char identity[300];
+    char store_key[340]; /* tierone:inprogress:<identity>, formatted once */
+    char lease_key[340]; /* tierone:lease:<identity> */
     char hostname[256];
     double started_at;
 
