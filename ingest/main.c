@@ -4,6 +4,7 @@
  * close. */
 #include "admin.h"
 #include "clock.h"
+#include "common_settings.h"
 #include "config.h"
 #include "http_server.h"
 #include "log.h"
@@ -43,19 +44,10 @@ struct ingest_settings {
     int log_level;
 };
 
-static const char *const ts_formats[] = {"float_seconds", "int_millis", NULL};
-static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
-
 #define S(field) offsetof(struct ingest_settings, field)
 
 static const struct config_def ingest_defs[] = {
-    {.key = "redis_url",
-     .env = "TIERONE_REDIS_URL",
-     .type = CONFIG_STRING,
-     .def = "redis://127.0.0.1:6379/0",
-     .secret = true,
-     .help = "Redis URL: redis://[[user]:password@]host[:port][/db]",
-     .offset = S(redis_url)},
+    COMMON_SETTING_REDIS_URL(struct ingest_settings, redis_url),
     {.key = "listen_host",
      .env = "TIERONE_LISTEN_HOST",
      .type = CONFIG_STRING,
@@ -71,12 +63,7 @@ static const struct config_def ingest_defs[] = {
      .bounded = true,
      .help = "webhook port (also answers /healthz and /readyz); 0 = any free port",
      .offset = S(listen_port)},
-    {.key = "admin_host",
-     .env = "TIERONE_ADMIN_HOST",
-     .type = CONFIG_STRING,
-     .def = "0.0.0.0",
-     .help = "address of the admin server (/metrics, /healthz, /readyz)",
-     .offset = S(admin_host)},
+    COMMON_SETTING_ADMIN_HOST(struct ingest_settings, admin_host),
     {.key = "admin_port",
      .env = "TIERONE_ADMIN_PORT",
      .type = CONFIG_INT,
@@ -204,20 +191,8 @@ static const struct config_def ingest_defs[] = {
      .bounded = true,
      .help = "on SIGTERM, how long in-flight requests may take before connections are closed",
      .offset = S(shutdown_timeout_ms)},
-    {.key = "timestamp_format",
-     .env = "TIERONE_TIMESTAMP_FORMAT",
-     .type = CONFIG_ENUM,
-     .def = "float_seconds",
-     .choices = ts_formats,
-     .help = "job timestamps written: float_seconds (Sidekiq 6/7) or int_millis (Sidekiq 8)",
-     .offset = S(timestamp_format)},
-    {.key = "log_level",
-     .env = "TIERONE_LOG_LEVEL",
-     .type = CONFIG_ENUM,
-     .def = "info",
-     .choices = log_levels,
-     .help = "debug, info, warn or error",
-     .offset = S(log_level)},
+    COMMON_SETTING_TIMESTAMP_FORMAT(struct ingest_settings, timestamp_format),
+    COMMON_SETTING_LOG_LEVEL(struct ingest_settings, log_level),
 };
 
 static int ingest_validate(const void *settings, char **cause)

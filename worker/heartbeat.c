@@ -17,6 +17,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "log.h"
+#include "metrics.h"
 #include "xalloc.h"
 
 #include <stdio.h>
@@ -32,8 +33,6 @@ struct beat {
     uint64_t ping_ns;
     long long processed, failed;
 };
-
-long long worker_rss_kb(void);
 
 static void heartbeat_on_timer(uv_timer_t *t)
 {
@@ -106,10 +105,21 @@ static void heartbeat_on_exec(struct redis *r, redisReply *reply, void *data)
         heartbeat_handle_signal(w, signame);
 }
 
-static int heartbeat_cmd(struct worker *w, redis_reply_cb cb, void *data, int argc,
-                         const char **argv, const size_t *lens)
+/* Queue (inside an open MULTI) the stat counters of launcher.rb: totals and the UTC day's
+ * keys with a 5-year TTL. */
+static void heartbeat_queue_stats(struct worker *w, long long processed, long long failed)
 {
-    return redis_command_argv(w->redis, cb, data, argc, argv, lens);
+    char day[16];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(day, sizeof day, "%Y-%m-%d", &tm);
+    redis_command(w->redis, NULL, NULL, "INCRBY stat:processed %lld", processed);
+    redis_command(w->redis, NULL, NULL, "INCRBY stat:processed:%s %lld", day, processed);
+    redis_command(w->redis, NULL, NULL, "EXPIRE stat:processed:%s %d", day, STATS_TTL);
+    redis_command(w->redis, NULL, NULL, "INCRBY stat:failed %lld", failed);
+    redis_command(w->redis, NULL, NULL, "INCRBY stat:failed:%s %lld", day, failed);
+    redis_command(w->redis, NULL, NULL, "EXPIRE stat:failed:%s %d", day, STATS_TTL);
 }
 
 /* Queue the work-hash rewrite for one key inside the open MULTI. */
@@ -129,7 +139,7 @@ static void heartbeat_work_hash(struct worker *w, const char *key)
         buf_printf(&entry, ",\"run_at\":%lld}", c->run_at);
         const char *argv[4] = {"HSET", key, c->tid, entry.data};
         size_t lens[4] = {4, strlen(key), strlen(c->tid), entry.len};
-        heartbeat_cmd(w, NULL, NULL, 4, argv, lens);
+        redis_command_argv(w->redis, NULL, NULL, 4, argv, lens);
     }
     buf_free(&entry);
     redis_command(w->redis, NULL, NULL, "EXPIRE %s 60", key);
@@ -137,24 +147,14 @@ static void heartbeat_work_hash(struct worker *w, const char *key)
 
 static void heartbeat_send(struct worker *w, struct beat *bt)
 {
-    char day[16], key[400], key2[400];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(day, sizeof day, "%Y-%m-%d", &tm);
-
+    char key[400];
     bt->processed = w->stat_processed;
     bt->failed = w->stat_failed;
     w->stat_processed = w->stat_failed = 0;
 
     /* Transaction 1: stats and the work hashes. */
     redis_command(w->redis, NULL, NULL, "MULTI");
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:processed %lld", bt->processed);
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:processed:%s %lld", day, bt->processed);
-    redis_command(w->redis, NULL, NULL, "EXPIRE stat:processed:%s %d", day, STATS_TTL);
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:failed %lld", bt->failed);
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:failed:%s %lld", day, bt->failed);
-    redis_command(w->redis, NULL, NULL, "EXPIRE stat:failed:%s %d", day, STATS_TTL);
+    heartbeat_queue_stats(w, bt->processed, bt->failed);
     snprintf(key, sizeof key, "%s:work", w->identity);
     heartbeat_work_hash(w, key);
     snprintf(key, sizeof key, "%s:workers", w->identity);
@@ -168,7 +168,7 @@ static void heartbeat_send(struct worker *w, struct beat *bt)
     snprintf(busy, sizeof busy, "%zu", w->busy);
     snprintf(beat, sizeof beat, "%.6f", clock_wall_s());
     snprintf(rtt, sizeof rtt, "%llu", (unsigned long long)w->rtt_us);
-    snprintf(rss, sizeof rss, "%lld", worker_rss_kb());
+    snprintf(rss, sizeof rss, "%lld", metrics_rss_kib());
     snprintf(conc, sizeof conc, "%lld", w->cfg->concurrency);
     snprintf(ttl, sizeof ttl, "%lld", w->cfg->lease_ttl_s);
     redis_command(w->redis, NULL, NULL, "MULTI");
@@ -178,12 +178,12 @@ static void heartbeat_send(struct worker *w, struct beat *bt)
         "busy",   busy,        "beat",        beat,
         "rtt_us", rtt,         "quiet",       w->quiet || w->stopping ? "true" : "false",
         "rss",    rss,         "concurrency", conc};
-    heartbeat_cmd(w, NULL, NULL, (int)(sizeof hm / sizeof *hm), hm, NULL);
+    redis_command_argv(w->redis, NULL, NULL, (int)(sizeof hm / sizeof *hm), hm, NULL);
     redis_command(w->redis, NULL, NULL, "EXPIRE %s 60", w->identity);
     redis_command(w->redis, NULL, NULL, "SET %s 1 EX %s", w->lease_key, ttl);
     redis_command(w->redis, NULL, NULL, "SADD %s %s", KEY_PROCESSES, w->identity);
-    snprintf(key2, sizeof key2, "%s-signals", w->identity);
-    redis_command(w->redis, NULL, NULL, "RPOP %s", key2);
+    snprintf(key, sizeof key, "%s-signals", w->identity);
+    redis_command(w->redis, NULL, NULL, "RPOP %s", key);
     if (redis_command(w->redis, heartbeat_on_exec, bt, "EXEC") != 0)
         heartbeat_on_exec(w->redis, NULL, bt);
     buf_free(&info);
@@ -256,20 +256,10 @@ void heartbeat_clear(struct worker *w, void (*done)(struct worker *w))
         heartbeat_on_cleared(w->redis, NULL, req);
         return;
     }
-    char day[16];
-    time_t now = time(NULL);
-    struct tm tm;
-    gmtime_r(&now, &tm);
-    strftime(day, sizeof day, "%Y-%m-%d", &tm);
     long long p = w->stat_processed, f = w->stat_failed;
     w->stat_processed = w->stat_failed = 0;
     redis_command(w->redis, NULL, NULL, "MULTI");
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:processed %lld", p);
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:processed:%s %lld", day, p);
-    redis_command(w->redis, NULL, NULL, "EXPIRE stat:processed:%s %d", day, STATS_TTL);
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:failed %lld", f);
-    redis_command(w->redis, NULL, NULL, "INCRBY stat:failed:%s %lld", day, f);
-    redis_command(w->redis, NULL, NULL, "EXPIRE stat:failed:%s %d", day, STATS_TTL);
+    heartbeat_queue_stats(w, p, f);
     redis_command(w->redis, NULL, NULL, "SREM processes %s", w->identity);
     redis_command(w->redis, NULL, NULL, "SREM %s %s", KEY_PROCESSES, w->identity);
     redis_command(w->redis, NULL, NULL, "UNLINK %s %s:work %s:workers %s", w->identity, w->identity,

@@ -1,5 +1,6 @@
 /* tierone-worker: consumes Sidekiq jobs from Redis on one libuv loop.
  * main() reads top to bottom: config, log, worker, job types, run, close. */
+#include "common_settings.h"
 #include "config.h"
 #include "diagnostic.h"
 #include "engine.h"
@@ -11,19 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static const char *const ts_formats[] = {"float_seconds", "int_millis", NULL};
-static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
-
 #define S(field) offsetof(struct worker_settings, field)
 
 static const struct config_def worker_defs[] = {
-    {.key = "redis_url",
-     .env = "TIERONE_REDIS_URL",
-     .type = CONFIG_STRING,
-     .def = "redis://127.0.0.1:6379/0",
-     .secret = true,
-     .help = "Redis URL: redis://[[user]:password@]host[:port][/db]",
-     .offset = S(redis_url)},
+    COMMON_SETTING_REDIS_URL(struct worker_settings, redis_url),
     {.key = "queues",
      .env = "TIERONE_QUEUES",
      .type = CONFIG_STRING,
@@ -48,12 +40,7 @@ static const struct config_def worker_defs[] = {
      .bounded = true,
      .help = "on SIGTERM, how long running jobs may finish before they are put back",
      .offset = S(shutdown_timeout_ms)},
-    {.key = "admin_host",
-     .env = "TIERONE_ADMIN_HOST",
-     .type = CONFIG_STRING,
-     .def = "0.0.0.0",
-     .help = "address of the admin server (/metrics, /healthz, /readyz)",
-     .offset = S(admin_host)},
+    COMMON_SETTING_ADMIN_HOST(struct worker_settings, admin_host),
     {.key = "admin_port",
      .env = "TIERONE_ADMIN_PORT",
      .type = CONFIG_INT,
@@ -63,13 +50,7 @@ static const struct config_def worker_defs[] = {
      .bounded = true,
      .help = "port of the admin server; 0 = off",
      .offset = S(admin_port)},
-    {.key = "timestamp_format",
-     .env = "TIERONE_TIMESTAMP_FORMAT",
-     .type = CONFIG_ENUM,
-     .def = "float_seconds",
-     .choices = ts_formats,
-     .help = "job timestamps written: float_seconds (Sidekiq 6/7) or int_millis (Sidekiq 8)",
-     .offset = S(timestamp_format)},
+    COMMON_SETTING_TIMESTAMP_FORMAT(struct worker_settings, timestamp_format),
     {.key = "max_retries",
      .env = "TIERONE_MAX_RETRIES",
      .type = CONFIG_INT,
@@ -157,13 +138,7 @@ static const struct config_def worker_defs[] = {
      .def = "tierone",
      .help = "tag shown in Sidekiq's Web UI",
      .offset = S(tag)},
-    {.key = "log_level",
-     .env = "TIERONE_LOG_LEVEL",
-     .type = CONFIG_ENUM,
-     .def = "info",
-     .choices = log_levels,
-     .help = "debug, info, warn or error",
-     .offset = S(log_level)},
+    COMMON_SETTING_LOG_LEVEL(struct worker_settings, log_level),
     {.key = "diagnostic_jobs",
      .env = "TIERONE_DIAGNOSTIC_JOBS",
      .type = CONFIG_BOOL,
@@ -210,5 +185,5 @@ int main(int argc, char **argv)
     worker_free(&w);
     http_client_global_cleanup();
     config_free(&worker_spec, &cfg);
-    return rc == 0 ? w.exit_code : 1;
+    return rc == 0 ? 0 : 1;
 }

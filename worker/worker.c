@@ -21,20 +21,6 @@
 
 static void worker_finish_stop(struct worker *w);
 
-long long worker_rss_kb(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %lld kB", &kb) == 1)
-            break;
-    fclose(f);
-    return kb;
-}
-
 const struct job_type *worker_find_type(const struct worker *w, const char *klass)
 {
     for (size_t i = 0; i < w->ntypes; i++)

@@ -114,7 +114,6 @@ struct worker {
     int closing;
     uv_timer_t stop_timer;
     uv_signal_t sig_term, sig_int, sig_tstp;
-    int exit_code;
 };
 
 /* Build the worker on loop from cfg (borrowed; must outlive the worker). Returns 0, or -1
