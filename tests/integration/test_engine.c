@@ -2,6 +2,7 @@
  * (database 2). Each test pushes jobs with the sync client, runs the loop until a condition
  * holds in Redis (polled, with a deadline), then stops the worker and checks that the loop
  * closes cleanly. */
+#include "diagnostic.h"
 #include "engine.h"
 #include "clock.h"
 #include "log.h"
@@ -111,7 +112,6 @@ static void h_start(struct harness *h)
     uv_loop_init(&h->loop);
     char err[256];
     cr_assert_eq(worker_init(&h->w, &h->loop, &h->cfg, err, sizeof err), 0, "%s", err);
-    extern void diagnostic_register(struct worker * w);
     diagnostic_register(&h->w);
     worker_register(&h->w, &order_type);
     worker_register(&h->w, &permanent_type);
@@ -422,9 +422,8 @@ Test(engine, due_retry_runs_again_and_counts_up)
                       "\"error_message\":\"again\",\"error_class\":\"RuntimeError\","
                       "\"failed_at\":1712345678.0,\"retry_count\":0}";
     freeReplyObject(test_redis_cmd(h.rc, "ZADD retry 1000 %s", job));
-    h.w.total_failed = 1;
     h_start(&h);
-    h.w.total_failed = 1;
+    h.w.total_failed = 1; /* the failure that put it in the retry set */
     cr_assert(h_run_until(&h, cond_retry_due_ran, 5000));
     json_t *j = zset_first(&h, "retry");
     cr_assert_eq(json_integer_value(json_object_get(j, "retry_count")), 1);

@@ -10,8 +10,8 @@ set -euo pipefail
 
 ROOT=${TIERONE_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 BIN=${TIERONE_BIN_DIR:-$ROOT/build}/tierone-worker
-# shellcheck source=scripts/lib/services.sh
-source "$ROOT/scripts/lib/services.sh"
+# shellcheck source=tests/integration/lib.sh
+source "$ROOT/tests/integration/lib.sh"
 JOBS=200
 WORK=$(mktemp -d /tmp/tierone-failover.XXXXXX)
 PIDS=()
@@ -48,12 +48,8 @@ wait_for() {
 }
 
 start_redis() { # start_redis PORT [extra args...]
-  local port=$1
-  shift
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
-    --logfile "$WORK/redis-$port.log" "$@" </dev/null >/dev/null 2>&1 &
-  PIDS+=($!)
-  wait_for 10 redis-cli -p "$port" ping >/dev/null 2>&1
+  itest_start_redis "$1" "$WORK" "${@:2}"
+  PIDS+=("$ITEST_REDIS_PID")
 }
 
 PRIMARY=$(services_free_port)

@@ -21,6 +21,8 @@
 #   bash tests/integration/test_ingest_outage.sh        (TIERONE_BIN_DIR defaults to build/)
 #   TIERONE_KEEP_LOGS=1 ...                             keep the temp dir with all logs
 set -euo pipefail
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=${TIERONE_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 BIN=${TIERONE_BIN_DIR:-$ROOT/build}/tierone-ingest
@@ -36,34 +38,19 @@ log() { printf 'outage: %s\n' "$*" >&2; }
 
 fail() {
   log "FAILED${STEP:+ during $STEP}: $*"
-  for f in "$WORK"/shim.log "$WORK"/redis.log; do
+  for f in "$WORK"/shim.log "$WORK"/redis/redis-*.log; do
     [ -f "$f" ] && { echo "--- tail of $f"; tail -n 40 "$f"; } >&2
   done
   exit 1
-}
-
-# Stop by pid only what this script started.
-stop_pid() {
-  local pid=$1 sig=${2:-TERM} i
-  [ -n "$pid" ] || return 0
-  kill -"$sig" "$pid" 2>/dev/null || true
-  for ((i = 0; i < 400; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
 }
 
 cleanup() {
   local rc=$?
   set +e
   [ -n "$REDIS_PID" ] && kill -CONT "$REDIS_PID" 2>/dev/null
-  stop_pid "$CLIENT_PID" KILL
-  stop_pid "$SHIM_PID" KILL
-  stop_pid "$REDIS_PID" TERM
+  itest_stop_pid "$CLIENT_PID" KILL
+  itest_stop_pid "$SHIM_PID" KILL
+  itest_stop_pid "$REDIS_PID" TERM
   if [ -n "${TIERONE_KEEP_LOGS:-}" ] || [ "$rc" -ne 0 ]; then
     log "logs kept in $WORK"
   else
@@ -77,41 +64,18 @@ trap cleanup EXIT
 command -v redis-server >/dev/null || fail "redis-server not installed"
 command -v ruby >/dev/null || fail "ruby not installed"
 
-# A port in 20000-32767 nothing listens on (the idea of scripts/lib/services.sh).
-free_port() {
-  local port i
-  for ((i = 0; i < 200; i++)); do
-    port=$((20000 + (RANDOM % 12768)))
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      continue
-    fi
-    printf '%s\n' "$port"
-    return 0
-  done
-  return 1
-}
-
-RPORT=$(free_port) || fail "no free port"
-SPORT=$(free_port) || fail "no free port"
-[ "$RPORT" != "$SPORT" ] || SPORT=$(free_port)
-mkdir -p "$WORK/redis"
+RPORT=$(services_free_port) || fail "no free port"
+SPORT=$(services_free_port) || fail "no free port"
+[ "$RPORT" != "$SPORT" ] || SPORT=$(services_free_port)
 
 start_redis() {
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly yes \
-    --appendfsync always --dir "$WORK/redis" --daemonize no --logfile "$WORK/redis.log" \
-    </dev/null >/dev/null 2>&1 &
-  REDIS_PID=$!
-  local i
-  for ((i = 0; i < 200; i++)); do
-    [ "$(redis-cli -p "$RPORT" ping 2>/dev/null)" = PONG ] && return 0
-    kill -0 "$REDIS_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  fail "redis-server did not start on $RPORT"
+  itest_start_redis "$RPORT" "$WORK/redis" --appendonly yes --appendfsync always ||
+    fail "redis-server did not start on $RPORT"
+  REDIS_PID=$ITEST_REDIS_PID
 }
 
 stop_redis() {
-  stop_pid "$REDIS_PID" TERM
+  itest_stop_pid "$REDIS_PID" TERM
   REDIS_PID=""
 }
 
@@ -240,7 +204,7 @@ done
 http_get /metrics | grep -q '^tierone_ingest_spool_depth 0$' || fail "the spool did not drain"
 
 STEP="stop"
-stop_pid "$SHIM_PID" TERM
+itest_stop_pid "$SHIM_PID" TERM
 SHIM_PID=""
 [ "$(stat -c %s "$WORK/ingest.spool")" = 16 ] || fail "spool not cut back to its header"
 grep -q '"level":"error"' "$WORK/shim.log" && fail "error lines in the shim's log"

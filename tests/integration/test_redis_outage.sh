@@ -37,6 +37,8 @@
 #
 # Prints "N passed, N failed" last; exits non-zero if any check failed.
 set -euo pipefail
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ROOT=${TIERONE_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 BIN=${TIERONE_BIN_DIR:-$ROOT/build}/tierone-worker
@@ -68,7 +70,7 @@ fail_check() {
 # A failure after which nothing else can be checked.
 fatal() {
   fail_check "$*"
-  for f in "$WORK"/worker.log "$WORK"/proxy.log "$WORK"/redis.log; do
+  for f in "$WORK"/worker.log "$WORK"/proxy.log "$WORK"/redis/redis-*.log; do
     [ -f "$f" ] && { echo "--- tail of $f"; tail -n 30 "$f"; } >&2
   done
   exit 1
@@ -91,28 +93,13 @@ dump_state() {
   fi
 }
 
-# Stop by pid only what this script started.
-stop_pid() {
-  local pid=$1 sig=${2:-TERM} i
-  [ -n "$pid" ] || return 0
-  kill -"$sig" "$pid" 2>/dev/null || true
-  for ((i = 0; i < 400; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   local rc=$?
   set +e
   [ -n "$REDIS_PID" ] && kill -CONT "$REDIS_PID" 2>/dev/null
-  stop_pid "$WORKER_PID" KILL
-  stop_pid "$PROXY_PID" TERM
-  stop_pid "$REDIS_PID" TERM
+  itest_stop_pid "$WORKER_PID" KILL
+  itest_stop_pid "$PROXY_PID" TERM
+  itest_stop_pid "$REDIS_PID" TERM
   if [ "$FAILED" -gt 0 ] && [ "$rc" -eq 0 ]; then
     rc=1
   fi
@@ -132,44 +119,21 @@ command -v redis-cli >/dev/null || fatal "redis-cli not installed"
 command -v ruby >/dev/null || fatal "ruby not installed"
 command -v curl >/dev/null || fatal "curl not installed"
 
-# A port in 20000-32767 nothing listens on (the idea of scripts/lib/services.sh).
-free_port() {
-  local port i
-  for ((i = 0; i < 200; i++)); do
-    port=$((20000 + (RANDOM % 12768)))
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      continue
-    fi
-    printf '%s\n' "$port"
-    return 0
-  done
-  return 1
-}
-
-RPORT=$(free_port) || fatal "no free port"
-PPORT=$(free_port) || fatal "no free port"
-APORT=$(free_port) || fatal "no free port"
+RPORT=$(services_free_port) || fatal "no free port"
+PPORT=$(services_free_port) || fatal "no free port"
+APORT=$(services_free_port) || fatal "no free port"
 if [ "$RPORT" = "$PPORT" ] || [ "$RPORT" = "$APORT" ] || [ "$PPORT" = "$APORT" ]; then
   fatal "the same free port twice; run again"
 fi
-mkdir -p "$WORK/redis"
 
 start_redis() {
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly yes \
-    --appendfsync always --dir "$WORK/redis" --daemonize no --logfile "$WORK/redis.log" \
-    </dev/null >/dev/null 2>&1 &
-  REDIS_PID=$!
-  local i
-  for ((i = 0; i < 200; i++)); do
-    [ "$(rcli ping 2>/dev/null)" = PONG ] && return 0
-    kill -0 "$REDIS_PID" 2>/dev/null || break
-    sleep 0.05
-  done
-  fatal "redis-server did not start on $RPORT"
+  itest_start_redis "$RPORT" "$WORK/redis" --appendonly yes --appendfsync always ||
+    fatal "redis-server did not start on $RPORT"
+  REDIS_PID=$ITEST_REDIS_PID
 }
 
 stop_redis() {
-  stop_pid "$REDIS_PID" TERM
+  itest_stop_pid "$REDIS_PID" TERM
   REDIS_PID=""
 }
 
