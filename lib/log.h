@@ -40,9 +40,4 @@ void log_write(enum log_level level, const char *jid, const char *klass, const c
 /* A line about one job: carries its jid and class. */
 #define log_job(level, jid, klass, ...) log_at((level), (jid), (klass), __VA_ARGS__)
 
-/* Append `s` (len bytes) to `out` as the inside of a JSON string (no quotes), escaping
- * quotes, backslashes and control characters. Returns the number of bytes written,
- * never more than cap-1; the result is NUL-terminated. Shared with other writers. */
-size_t log_json_escape(char *out, size_t cap, const char *s, size_t len);
-
 #endif
