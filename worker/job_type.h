@@ -5,10 +5,8 @@
  * needs and returns; the job finishes when that work calls job_done(ctx, err) exactly once,
  * from any callback on the loop (or from perform itself). After job_done, ctx is gone.
  *
- * Errors say what the engine does next:
- *   JOB_ERR_RETRY     - Sidekiq's retry with backoff, then the dead set;
- *   JOB_ERR_PERMANENT - straight to the dead set (retrying cannot help: 401, 404, bad args);
- *   JOB_ERR_RETRY_AT  - retry at a given wall time (a Retry-After), counted as a retry.
+ * Errors (lib/job_error.h) say what the engine does next: retry with Sidekiq's backoff,
+ * retry at a given time, the dead set at once, or (a rate limit) run again later unchanged.
  * A type that holds handles of its own (timers) sets cancel: at a hard shutdown the engine
  * puts the job back on its queue and calls cancel(ctx), which must stop the work and call
  * job_done soon (its outcome is then ignored). */
@@ -16,35 +14,18 @@
 #define TIERONE_JOB_TYPE_H
 
 #include "job.h"
+#include "job_error.h"
 
 #include <uv.h>
 
 struct job_ctx;
 struct worker;
 
-enum job_err_kind { JOB_ERR_RETRY = 0, JOB_ERR_PERMANENT, JOB_ERR_RETRY_AT };
-
-/* A job failure. Owned by whoever holds it; job_done takes ownership. */
-struct job_error {
-    enum job_err_kind kind;
-    char *error_class;   /* e.g. "Tierone::HttpError" */
-    char *error_message; /* human-readable reason */
-    double retry_at;     /* wall seconds, with JOB_ERR_RETRY_AT */
-};
-
 struct job_type {
     const char *klass;                    /* Sidekiq class name, e.g. "Tierone::Noop" */
     void (*perform)(struct job_ctx *ctx); /* start the job */
     void (*cancel)(struct job_ctx *ctx);  /* optional: stop it (hard shutdown) */
 };
-
-/* New error with a printf message. error_class NULL means "RuntimeError". */
-struct job_error *job_error_new(enum job_err_kind kind, const char *error_class, const char *fmt,
-                                ...) __attribute__((format(printf, 3, 4)));
-/* New JOB_ERR_RETRY_AT error for wall time at_s. */
-struct job_error *job_error_retry_at(double at_s, const char *error_class, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-void job_error_free(struct job_error *e);
 
 /* Finish the job: err NULL = success; otherwise the engine takes ownership of err. */
 void job_done(struct job_ctx *ctx, struct job_error *err);

@@ -20,6 +20,10 @@ static double mon_retried(void *arg)
 {
     return (double)((struct worker *)arg)->total_retried;
 }
+static double mon_rescheduled(void *arg)
+{
+    return (double)((struct worker *)arg)->total_rescheduled;
+}
 static double mon_dead(void *arg)
 {
     return (double)((struct worker *)arg)->total_dead;
@@ -92,6 +96,8 @@ int monitor_start(struct worker *w, char *err, size_t errcap)
     mon_counter(w, "tierone_jobs_failed_total", "Jobs that failed.", mon_failed);
     mon_counter(w, "tierone_jobs_retried_total", "Failures scheduled for a retry.", mon_retried);
     mon_counter(w, "tierone_jobs_dead_total", "Jobs sent to the dead set.", mon_dead);
+    mon_counter(w, "tierone_jobs_rescheduled_total",
+                "Jobs put back on the schedule by a rate limit (not failures).", mon_rescheduled);
     mon_counter(w, "tierone_jobs_recovered_total",
                 "Jobs of crashed processes put back on their queues.", mon_recovered);
     metrics_gauge_fn_new(w->metrics, "tierone_jobs_busy", "Jobs running now.", mon_busy, w);

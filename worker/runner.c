@@ -2,10 +2,11 @@
  *
  *   fetched --parse--> running --job_done--> outcome queued --flushed--> slot free
  *
- * Outcomes (ack, retry, dead) are written to Redis in batches once per loop iteration
- * (a uv_check handle): every ack of the iteration is one HDEL on our in-progress store; a
- * retry or a death is one Lua call that removes the job from the store and adds it to the
- * `retry` or `dead` set in the same atomic step. While Redis is unreachable, outcomes wait
+ * Outcomes (ack, retry, dead, reschedule) are written to Redis in batches once per loop
+ * iteration (a uv_check handle): every ack of the iteration is one HDEL on our in-progress
+ * store; a retry, a death or a reschedule (a rate limit said "not now") is one Lua call
+ * that removes the job from the store and adds it to the `retry`, `dead` or `schedule` set
+ * in the same atomic step. While Redis is unreachable, outcomes wait
  * in memory (never more than one per fetched job) and are sent when it is back; until then
  * the job is still in the store, so a crash meanwhile means "run again", never "lost". */
 #include "engine.h"
@@ -18,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum outcome_kind { OUT_ACK, OUT_RETRY, OUT_DEAD };
+enum outcome_kind { OUT_ACK, OUT_RETRY, OUT_DEAD, OUT_SCHEDULE };
 
 struct outcome {
     struct outcome *next;
@@ -39,48 +40,6 @@ static struct redis_script fail_script =
                  "  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]))\n"
                  "end\n"
                  "return 1\n");
-
-/* ---- errors -------------------------------------------------------------------------- */
-
-static struct job_error *job_error_vnew(enum job_err_kind kind, const char *error_class,
-                                        const char *fmt, va_list ap)
-{
-    struct job_error *e = xcalloc(1, sizeof *e);
-    e->kind = kind;
-    e->error_class = xstrdup(error_class ? error_class : "RuntimeError");
-    if (vasprintf(&e->error_message, fmt, ap) < 0)
-        e->error_message = xstrdup("(no message)");
-    return e;
-}
-
-struct job_error *job_error_new(enum job_err_kind kind, const char *error_class, const char *fmt,
-                                ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    struct job_error *e = job_error_vnew(kind, error_class, fmt, ap);
-    va_end(ap);
-    return e;
-}
-
-struct job_error *job_error_retry_at(double at_s, const char *error_class, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    struct job_error *e = job_error_vnew(JOB_ERR_RETRY_AT, error_class, fmt, ap);
-    va_end(ap);
-    e->retry_at = at_s;
-    return e;
-}
-
-void job_error_free(struct job_error *e)
-{
-    if (!e)
-        return;
-    free(e->error_class);
-    free(e->error_message);
-    free(e);
-}
 
 /* ---- accessors ----------------------------------------------------------------------- */
 
@@ -207,7 +166,7 @@ static void runner_send_fail(struct worker *w, struct outcome *o)
     argv[argc] = outcome_store(w, o);
     lens[argc] = strlen(argv[argc]);
     argc++;
-    argv[argc] = o->kind == OUT_RETRY ? "retry" : "dead";
+    argv[argc] = o->kind == OUT_RETRY ? "retry" : o->kind == OUT_DEAD ? "dead" : "schedule";
     lens[argc++] = strlen(argv[1]);
     argv[argc] = o->field;
     lens[argc++] = strlen(o->field);
@@ -331,6 +290,26 @@ static void runner_queue_ack(struct worker *w, struct job_ctx *ctx)
     outcome_push(w, o);
 }
 
+/* A rate limit said "not now": the job goes back to `schedule`, byte for byte, to run at
+ * err->retry_at. Not a failure: no retry_count, no error fields, no failed counter. */
+static void runner_reschedule(struct worker *w, struct job_ctx *ctx, const struct job_error *err)
+{
+    const struct job *j = &ctx->job;
+    double now = clock_wall_s();
+    struct outcome *o = xcalloc(1, sizeof *o);
+    o->kind = OUT_SCHEDULE;
+    o->field = ctx->field;
+    ctx->field = NULL;
+    o->payload = xmalloc(j->raw_len + 1);
+    memcpy(o->payload, j->raw, j->raw_len + 1);
+    o->len = j->raw_len;
+    o->score = err->retry_at > now ? err->retry_at : now;
+    w->total_rescheduled++;
+    log_job(LOG_INFO, j->jid, j->klass, "rescheduled in %.1f s: %s: %s", o->score - now,
+            err->error_class, err->error_message);
+    outcome_push(w, o);
+}
+
 /* Decide what a failure means (Sidekiq's job_retry.rb) and queue the outcome. */
 static void runner_fail(struct worker *w, struct job_ctx *ctx, struct job_error *err)
 {
@@ -394,6 +373,9 @@ void job_done(struct job_ctx *ctx, struct job_error *err)
             log_job(LOG_DEBUG, ctx->job.jid, ctx->job.klass, "done in %.3f ms",
                     (double)(clock_mono_ns() - ctx->started_ns) / 1e6);
         runner_queue_ack(w, ctx);
+    } else if (err->kind == JOB_ERR_RESCHEDULE) {
+        runner_reschedule(w, ctx, err);
+        job_error_free(err);
     } else {
         runner_fail(w, ctx, err);
         job_error_free(err);

@@ -106,6 +106,7 @@ struct worker {
     long long stat_processed, stat_failed;
     /* lifetime counters for /metrics */
     long long total_processed, total_failed, total_retried, total_dead, total_recovered;
+    long long total_rescheduled;
 
     /* shutdown */
     int quiet;

@@ -48,6 +48,11 @@ static void retry_at_perform(struct job_ctx *ctx)
     job_done(ctx, job_error_retry_at(retry_at_value, "Tierone::RateLimited", "429"));
 }
 
+static void reschedule_perform(struct job_ctx *ctx)
+{
+    job_done(ctx, job_error_reschedule(retry_at_value, "Tierone::RateLimit", "no token"));
+}
+
 struct hang {
     uv_timer_t t;
     struct job_ctx *ctx;
@@ -81,6 +86,7 @@ static const struct job_type order_type = {"Test::Order", order_perform, NULL};
 static const struct job_type permanent_type = {"Test::Permanent", permanent_perform, NULL};
 static const struct job_type retry_at_type = {"Test::RetryAt", retry_at_perform, NULL};
 static const struct job_type hang_type = {"Test::Hang", hang_perform, hang_cancel};
+static const struct job_type reschedule_type = {"Test::Reschedule", reschedule_perform, NULL};
 
 /* ---- harness ------------------------------------------------------------------------- */
 
@@ -117,6 +123,7 @@ static void h_start(struct harness *h)
     worker_register(&h->w, &permanent_type);
     worker_register(&h->w, &retry_at_type);
     worker_register(&h->w, &hang_type);
+    worker_register(&h->w, &reschedule_type);
     worker_start(&h->w);
     h->started = 1;
 }
@@ -363,6 +370,39 @@ Test(engine, retry_at_sets_the_score)
     cr_assert_float_eq(atof(r->element[1]->str), retry_at_value, 0.001);
     freeReplyObject(r);
     h_stop(&h);
+    h_free(&h);
+}
+
+static int cond_scheduled_1(struct harness *h)
+{
+    return test_redis_int(h->rc, "ZCARD schedule") >= 1 && h->w.out_in_flight == 0 &&
+           h->w.out_count == 0;
+}
+
+Test(engine, reschedule_puts_the_job_back_unchanged_and_is_no_failure)
+{
+    struct harness h;
+    h_init(&h, "default", 5);
+    retry_at_value = (double)(long long)clock_wall_s() + 1000.5;
+    const char *job = "{\"retry\":3,\"queue\":\"default\",\"class\":\"Test::Reschedule\","
+                      "\"args\":[1],\"jid\":\"r1\",\"enqueued_at\":1712345678.5}";
+    push_raw(&h, "default", job);
+    /* GET of a missing key reads as -1; the stats flush may create it as 0. */
+    long long failed_before = test_redis_int(h.rc, "GET stat:failed");
+    failed_before = failed_before < 0 ? 0 : failed_before;
+    h_start(&h);
+    cr_assert(h_run_until(&h, cond_scheduled_1, 5000));
+    redisReply *r = test_redis_cmd(h.rc, "ZRANGE schedule 0 0 WITHSCORES");
+    cr_assert_str_eq(r->element[0]->str, job, "the payload must be byte-identical");
+    cr_assert_float_eq(atof(r->element[1]->str), retry_at_value, 0.001);
+    freeReplyObject(r);
+    cr_assert_eq(test_redis_int(h.rc, "ZCARD retry"), 0);
+    cr_assert_eq(test_redis_int(h.rc, "HLEN tierone:inprogress:%s", h.w.identity), 0);
+    cr_assert_eq(h.w.total_rescheduled, 1);
+    cr_assert_eq(h.w.total_failed, 0);
+    h_stop(&h);
+    long long failed_after = test_redis_int(h.rc, "GET stat:failed");
+    cr_assert_eq(failed_after < 0 ? 0 : failed_after, failed_before);
     h_free(&h);
 }
 
