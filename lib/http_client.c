@@ -681,3 +681,8 @@ const char *http_result_name(enum http_result r)
     }
     return "unknown";
 }
+
+uv_loop_t *http_client_loop(const struct http_client *c)
+{
+    return c->loop;
+}

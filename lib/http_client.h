@@ -115,6 +115,9 @@ int http_client_request(struct http_client *c, const struct http_request *req, h
  * Do not use `c` after closed_cb has run. */
 void http_client_close(struct http_client *c, http_closed_cb closed_cb, void *arg);
 
+/* The loop the client runs on. */
+uv_loop_t *http_client_loop(const struct http_client *c);
+
 /* Current counters. */
 void http_client_get_stats(const struct http_client *c, struct http_client_stats *out);
 
