@@ -23,6 +23,8 @@ DEPS_PACKAGES=(
   libssl-dev           # HMAC, TLS
   libhttp-parser-dev   # HTTP server side (ingest, admin endpoints)
   libcriterion-dev     # C unit and integration tests
+  libcmark-dev         # knowledge base: CommonMark parser for Markdown documents
+  libxml2-dev          # knowledge base: HTML parser for HTML documents
   redis-server         # real Redis for the tests (started by services.sh)
   redis-tools          # redis-cli (readiness checks, tests)
   postgresql           # real PostgreSQL server for the tests (binaries in /usr/lib/postgresql/N/bin)
