@@ -1,0 +1,137 @@
+/* pg_internal: the pool's data structures and what pg.c (the pool, requests) and
+ * pg_conn.c (one connection's state machine) call in each other; not part of the pg
+ * contract (pg.h).
+ *
+ * Each slot (struct pg_conn) moves DOWN -> CONNECTING -> UP; a failed connect or a lost
+ * connection goes to BACKOFF, whose timer brings it back to DOWN; CLOSED is final. An UP
+ * slot is free, or busy with one statement on the wire (cur) or held by a caller (held).
+ *
+ * Requests (struct pg_req) wait in the pool's FIFO queue until a slot is free. Requests
+ * that end without a server result (queue full, timeouts, lost connections, acquire grants)
+ * go on the `later` list, which a zero timer (kick) delivers: so submit functions never run
+ * a callback, and a slot's state is settled before any user code runs. Only a statement
+ * that completed on a live connection is delivered straight from the poll callback. */
+#ifndef TIERONE_PG_INTERNAL_H
+#define TIERONE_PG_INTERNAL_H
+
+#include "pg.h"
+
+#include <libpq-fe.h>
+
+struct pg_result {
+    PGresult *res; /* the server's result; NULL for errors raised by the pool */
+    enum pg_error err;
+    int retryable;
+    char sqlstate[6];    /* "" when none */
+    const char *message; /* "" on success; owned by whoever built the result */
+};
+
+enum pg_conn_state { PC_DOWN, PC_BACKOFF, PC_CONNECTING, PC_UP, PC_CLOSED };
+
+enum pg_req_kind { PQ_QUERY, PQ_ACQUIRE, PQ_RESET };
+
+struct pg_req {
+    struct pg_pool *pool;
+    enum pg_req_kind kind;
+    char *sql;
+    int nparams;
+    char **params;
+    pg_result_cb cb;
+    pg_acquire_cb acb;
+    void *arg;
+    struct pg_conn *conn; /* acquire: the granted slot; held-connection query: its slot */
+    uint64_t deadline_ms; /* while queued */
+    /* Outcome when delivered from the `later` list (err PG_OK: an acquire grant). */
+    enum pg_error err;
+    char sqlstate[6];
+    char *errmsg;
+    struct pg_req *next;
+};
+
+struct pg_req_list {
+    struct pg_req *head, *tail;
+    size_t n;
+};
+
+/* One uv_poll_t; conn is NULL once the handle is being closed. */
+struct pg_poll {
+    uv_poll_t handle;
+    struct pg_pool *pool;
+    struct pg_conn *conn;
+};
+
+struct pg_conn {
+    struct pg_pool *pool;
+    int index;
+    enum pg_conn_state state;
+    PGconn *pg;
+    struct pg_poll *poll;
+    int poll_events;
+    uv_timer_t timer; /* connect deadline, query watchdog or backoff, by state */
+    uint32_t backoff_ms;
+    struct pg_req *cur; /* the statement on the wire */
+    PGresult *res;      /* its result so far */
+    int held;           /* acquired by a caller (also while the grant is on its way) */
+};
+
+struct pg_pool {
+    uv_loop_t *loop;
+    char **kw, **vals; /* connect parameters for PQconnectStartParams, NULL-terminated */
+    unsigned size, max_waiters;
+    uint32_t connect_timeout_ms, query_timeout_ms, wait_timeout_ms;
+    struct pg_conn *conns;
+    struct pg_req_list queue;      /* waiting for a connection, oldest first */
+    struct pg_req_list later;      /* finished, callback not yet run */
+    struct pg_req_list delivering; /* the batch pg_pool_on_kick is delivering */
+    uv_timer_t kick;               /* delivers `later` */
+    uv_timer_t wait_timer;         /* fails queued requests at their deadline */
+    char *last_error;              /* last connect failure; NULL once a connection is up */
+    int warned_down;
+    uint64_t queries_total, errors_total;
+    unsigned held;
+    int handles_open;
+    int closing, finished;
+    void (*closed_cb)(void *arg);
+    void *closed_arg;
+};
+
+/* ---- pg_result.c ---- */
+
+/* Fill r for an error without a PGresult at hand: raised by the pool, or saved from a
+ * connection that was lost (sqlstate "" or the server's, e.g. 57P01). */
+void pg_result_set_error(struct pg_result *r, enum pg_error err, const char *sqlstate,
+                         const char *message);
+/* Fill r from a finished statement's result res (may be NULL: then conn's error message
+ * describes a lost connection). *msg receives a new string r->message points into (or NULL);
+ * the caller frees it after the callback. */
+void pg_result_from_pq(struct pg_result *r, PGresult *res, PGconn *conn, char **msg);
+
+/* ---- pg.c: requests and the pool ---- */
+
+/* New request; sql and params are copied. */
+struct pg_req *pg_req_new(struct pg_pool *p, enum pg_req_kind kind, const char *sql, int nparams,
+                          const char *const *params);
+void pg_req_free(struct pg_req *req);
+/* Run req's callback with r (NULL r: an acquire grant), count it, free req. */
+void pg_req_deliver(struct pg_req *req, const struct pg_result *r);
+/* Complete req from the loop (the kick timer) with err (PG_OK: an acquire grant). */
+void pg_req_finish_later(struct pg_req *req, enum pg_error err, const char *sqlstate,
+                         const char *msg);
+/* Hand waiting requests to free slots; open slots for the rest. Runs no callbacks. */
+void pg_pool_dispatch(struct pg_pool *p);
+/* Free the pool once it is closing, every handle closed and every slot released. */
+void pg_pool_maybe_finish(struct pg_pool *p);
+
+/* ---- pg_conn.c: one slot ---- */
+
+/* Set up slot index of p (DOWN, its timer initialised: one handle). */
+void pg_conn_init(struct pg_conn *c, struct pg_pool *p, int index);
+/* Start connecting slot c (DOWN). */
+void pg_conn_connect(struct pg_conn *c);
+/* Send req on the UP slot c; failures complete req later. */
+void pg_conn_send(struct pg_conn *c, struct pg_req *req);
+/* For pg_pool_close: take the statement on the wire (returned, or NULL), close the
+ * connection and the slot's handles; the slot is CLOSED. */
+struct pg_req *pg_conn_shut(struct pg_conn *c);
+
+#endif
