@@ -9,13 +9,18 @@
  * Requests are parsed with http-parser (keep-alive, pipelining, bodies ignored). Each
  * connection answers its requests in order: one uv timer per connection fires DELAY_MS
  * after a request became the oldest unanswered one. Thousands of connections cost one
- * small struct each. */
+ * small struct each (reads go through one shared buffer: the parser keeps no pointers into
+ * it). RLIMIT_NOFILE is raised to its hard limit at start so that it can hold 10,000+
+ * connections (bench/http_client.sh); the listen backlog asks for 65535 (the kernel caps it at
+ * net.core.somaxconn). */
 #include "xalloc.h"
 
 #include <http_parser.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 static const char slow_response[] = "HTTP/1.1 200 OK\r\n"
@@ -38,13 +43,13 @@ struct slow_conn {
     int close_after;  /* a request asked for Connection: close (answer it, then close) */
     int closing;      /* handles are closing */
     int open_handles; /* free when this reaches 0 */
-    char rbuf[16384];
 };
 
 static uint64_t slow_delay_ms;
 static unsigned long long slow_served;
 static unsigned long long slow_connections;
 static http_parser_settings slow_settings;
+static char slow_rbuf[65536]; /* every read lands here and is parsed at once */
 
 static void slow_free_cb(uv_handle_t *h)
 {
@@ -120,8 +125,7 @@ static int slow_on_message_complete(http_parser *p)
 
 static void slow_alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
-    struct slow_conn *c = h->data;
-    *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
+    *buf = uv_buf_init(slow_rbuf, sizeof slow_rbuf);
 }
 
 static void slow_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -190,6 +194,12 @@ int main(int argc, char **argv)
     slow_delay_ms = strtoull(argv[2], NULL, 10);
     slow_settings.on_message_complete = slow_on_message_complete;
 
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
     uv_loop_t *loop = uv_default_loop();
     uv_tcp_t server;
     uv_signal_t sigterm, sigint;
@@ -199,7 +209,7 @@ int main(int argc, char **argv)
     server.data = NULL;
     int rc = uv_tcp_bind(&server, (const struct sockaddr *)&addr, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&server, 4096, slow_connection_cb);
+        rc = uv_listen((uv_stream_t *)&server, 65535, slow_connection_cb);
     if (rc != 0) {
         fprintf(stderr, "bench_slow_http: listen on 127.0.0.1:%d: %s\n", port, uv_strerror(rc));
         return 1;

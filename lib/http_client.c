@@ -1,15 +1,23 @@
 /* http_client: libcurl multi driven by a libuv loop (see http_client.h).
  *
- * Flow, in the order things happen: http_client_request() builds an easy handle and adds
- * it to the multi; curl asks for a timer (hc_on_timer_change) and for sockets
- * (hc_on_socket); the loop reports readiness (hc_on_poll, hc_on_timeout), both of which
- * call hc_drive(): curl_multi_socket_action, then drain finished transfers
- * (hc_drain -> hc_req_finish -> the user's callback).
+ * Flow, in the order things happen: http_client_request() takes an easy handle (reset and
+ * reused from earlier requests) and adds it to a multi; curl asks for a timer
+ * (hc_on_timer_change) and for sockets (hc_on_socket); the loop reports readiness
+ * (hc_on_poll, hc_on_timeout), both of which call hc_drive(): curl_multi_socket_action,
+ * then drain finished transfers (hc_drain -> hc_req_finish -> the user's callback).
+ *
+ * Shards: without connection limits the client spreads requests over several multi
+ * handles ("shards", HC_SHARD_SIZE requests in flight each, opened as needed, first fit),
+ * because libcurl 7.88 does two linear scans over a multi's whole connection cache per
+ * request (looking for an idle connection to reuse, and in curl_multi_remove_handle
+ * looking for the last connection used): at 10,000 connections those scans were most of
+ * the client's CPU time. Each shard has its own connection cache and timer. With any
+ * connection limit set there is one shard, so the limits mean what curl says.
  *
  * Closing: http_client_close() cancels what is pending, then hc_maybe_finish() cleans up
- * the multi (closing cached connections), closes the poll handles and the timer, and
+ * the multis (closing cached connections), closes the poll handles and the timers, and
  * frees the client in the last close callback. `depth` counts how deeply we are inside
- * hc_drive()/close, so the multi is never cleaned up under a caller that still uses it. */
+ * hc_drive()/close, so a multi is never cleaned up under a caller that still uses it. */
 #include "http_client.h"
 #include "buf.h"
 #include "clock.h"
@@ -23,12 +31,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define HC_DEFAULT_TIMEOUT_MS         30000
 #define HC_DEFAULT_CONNECT_TIMEOUT_MS 10000
 #define HC_DEFAULT_MAX_BODY           (8u * 1024 * 1024)
 #define HC_SWEEP_MS                   50
 #define HC_SWEEP_GRACE_NS             (25u * 1000 * 1000)
+#define HC_RUN_NOW_PASSES             4
+#define HC_SHARD_SIZE                 128
 
 #ifndef TIERONE_VERSION
 #define TIERONE_VERSION "dev"
@@ -36,18 +48,49 @@
 
 #define hc_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
-/* One poll handle per socket curl wants watched. Freed in its close callback. */
+/* One poll handle per socket curl wants watched. Freed in its close callback.
+ *
+ * A socket we opened ourselves (hc_on_opensocket; every connection socket) keeps its poll
+ * handle until curl closes it (hc_on_closesocket), also while its connection sits idle in
+ * curl's cache between requests: curl says CURL_POLL_REMOVE when a transfer ends and
+ * CURL_POLL_IN again when the next request reuses the connection, and re-creating the
+ * handle each time costs five syscalls (uv_poll_init_socket checks the fd with
+ * epoll_ctl ADD+DEL and sets O_NONBLOCK; libuv 1.44's uv_poll_start always does DEL+ADD).
+ * While curl does not want the socket, a readable watch may stay armed, unreferenced (an
+ * idle connection must not keep uv_run going): if it fires (the server closed the idle
+ * connection) the handle is stopped; curl is not told, it checks a connection on reuse.
+ * Other sockets (curl's resolver socketpair, closed without the close callback) lose
+ * their handle at CURL_POLL_REMOVE. */
 struct hc_sock {
     uv_poll_t poll;
     curl_socket_t fd;
     struct http_client *c;
+    struct hc_shard *sh; /* whose multi watches it */
     struct hc_sock *prev, *next;
+    int events;      /* what the poll handle watches (UV_READABLE | UV_WRITABLE; 0: stopped) */
+    bool curl_wants; /* between curl's CURL_POLL_IN/OUT and its CURL_POLL_REMOVE */
+};
+
+/* Per file descriptor: its poll handle, and whether hc_on_opensocket opened it. */
+struct hc_fd {
+    struct hc_sock *sk;
+    bool owned;
+};
+
+/* One multi handle with its timer (see "Shards" above). */
+struct hc_shard {
+    struct http_client *c;
+    CURLM *multi; /* NULL once cleaned up (closing) */
+    uv_timer_t timer;
+    size_t active; /* requests on this multi */
+    bool run_now;  /* curl's last timer request was 0 ms (see hc_on_timer_change) */
 };
 
 /* One submitted request; lives from http_client_request() until its callback returned. */
 struct hc_req {
     struct hc_req *prev, *next;
     struct http_client *c;
+    struct hc_shard *sh;
     CURL *easy;
     struct curl_slist *headers;
     char *body;
@@ -67,8 +110,11 @@ struct hc_req {
 
 struct http_client {
     uv_loop_t *loop;
-    CURLM *multi;
-    uv_timer_t timer;
+    struct hc_shard **shards; /* nshards, created as needed; the first at http_client_new */
+    size_t nshards;
+    size_t shard_size;   /* requests per shard before the next is used (SIZE_MAX: one shard) */
+    bool multis_cleaned; /* closing: every multi has been cleaned up */
+    struct http_client_opts opts; /* limits for new multis (strings not kept here) */
     uv_timer_t sweep; /* deadline sweeper, used only with connection limits (see below) */
     bool sweeping;
     bool limited; /* connection limits are set: the sweeper is needed */
@@ -77,6 +123,10 @@ struct http_client {
     long recv_buffer_size;
     struct hc_req *reqs;   /* pending requests */
     struct hc_sock *socks; /* watched sockets */
+    struct hc_fd *fds;     /* indexed by fd, nfds entries (grown on demand) */
+    size_t nfds;
+    CURL **idle; /* easy handles of finished requests, reset, for the next ones */
+    size_t nidle, capidle;
     unsigned open_handles; /* uv handles not yet through their close callback */
     int depth;
     bool closing;
@@ -88,7 +138,8 @@ struct http_client {
 static pthread_once_t hc_once = PTHREAD_ONCE_INIT;
 static CURLcode hc_global_rc = CURLE_OK;
 
-static void hc_drive(struct http_client *c, curl_socket_t fd, int flags);
+static void hc_drive(struct hc_shard *sh, curl_socket_t fd, int flags);
+static void hc_on_poll(uv_poll_t *h, int status, int events);
 static void hc_maybe_finish(struct http_client *c);
 
 /* ---- process-wide init ---- */
@@ -115,9 +166,25 @@ static void hc_sock_on_closed(uv_handle_t *h)
     hc_maybe_finish(c);
 }
 
+/* The table entry of fd, growing the table if needed. */
+static struct hc_fd *hc_fd_get(struct http_client *c, curl_socket_t fd)
+{
+    if ((size_t)fd >= c->nfds) {
+        size_t n = c->nfds ? c->nfds : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        c->fds = xrealloc(c->fds, n * sizeof(*c->fds));
+        memset(c->fds + c->nfds, 0, (n - c->nfds) * sizeof(*c->fds));
+        c->nfds = n;
+    }
+    return &c->fds[fd];
+}
+
 static void hc_sock_close(struct hc_sock *sk)
 {
     struct http_client *c = sk->c;
+    if ((size_t)sk->fd < c->nfds && c->fds[sk->fd].sk == sk)
+        c->fds[sk->fd].sk = NULL;
     if (sk->prev)
         sk->prev->next = sk->next;
     else
@@ -129,9 +196,28 @@ static void hc_sock_close(struct hc_sock *sk)
     uv_close((uv_handle_t *)&sk->poll, hc_sock_on_closed);
 }
 
+/* Make the poll handle watch `events` (0: stop); no syscall if it already does. */
+static int hc_sock_watch(struct hc_sock *sk, int events)
+{
+    if (events == sk->events)
+        return 0;
+    int rc = events ? uv_poll_start(&sk->poll, events, hc_on_poll) : uv_poll_stop(&sk->poll);
+    if (rc) {
+        log_error("http_client: cannot poll socket %d: %s", (int)sk->fd, uv_strerror(rc));
+        sk->events = 0;
+        return -1;
+    }
+    sk->events = events;
+    return 0;
+}
+
 static void hc_on_poll(uv_poll_t *h, int status, int events)
 {
     struct hc_sock *sk = h->data;
+    if (!sk->curl_wants) {
+        hc_sock_watch(sk, 0); /* an idle cached connection woke up: curl checks it on reuse */
+        return;
+    }
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -139,11 +225,12 @@ static void hc_on_poll(uv_poll_t *h, int status, int events)
         flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE)
         flags |= CURL_CSELECT_OUT;
-    hc_drive(sk->c, sk->fd, flags);
+    hc_drive(sk->sh, sk->fd, flags);
 }
 
-static struct hc_sock *hc_sock_new(struct http_client *c, curl_socket_t fd)
+static struct hc_sock *hc_sock_new(struct hc_shard *sh, curl_socket_t fd)
 {
+    struct http_client *c = sh->c;
     struct hc_sock *sk = xcalloc(1, sizeof(*sk));
     int rc = uv_poll_init_socket(c->loop, &sk->poll, fd);
     if (rc) {
@@ -154,6 +241,8 @@ static struct hc_sock *hc_sock_new(struct http_client *c, curl_socket_t fd)
     sk->poll.data = sk;
     sk->fd = fd;
     sk->c = c;
+    sk->sh = sh;
+    hc_fd_get(c, fd)->sk = sk;
     sk->next = c->socks;
     if (c->socks)
         c->socks->prev = sk;
@@ -165,49 +254,92 @@ static struct hc_sock *hc_sock_new(struct http_client *c, curl_socket_t fd)
 /* CURLMOPT_SOCKETFUNCTION: start, change or stop watching one socket. */
 static int hc_on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
-    struct http_client *c = userp;
-    struct hc_sock *sk = socketp;
+    struct hc_shard *sh = userp;
+    struct http_client *c = sh->c;
+    struct hc_fd *fe = hc_fd_get(c, fd);
+    struct hc_sock *sk = fe->sk;
 
     if (what == CURL_POLL_REMOVE) {
-        if (sk) {
+        if (!sk)
+            return 0;
+        if (!fe->owned) {
             hc_sock_close(sk);
-            curl_multi_assign(c->multi, fd, NULL);
+            return 0;
         }
+        sk->curl_wants = false;
+        uv_unref((uv_handle_t *)&sk->poll); /* an idle connection does not keep the loop alive */
+        if (sk->events & UV_WRITABLE)
+            hc_sock_watch(sk, 0); /* a writable watch would fire at once */
         return 0;
     }
     if (!sk) {
-        sk = hc_sock_new(c, fd);
+        sk = hc_sock_new(sh, fd);
         if (!sk)
             return -1;
-        curl_multi_assign(c->multi, fd, sk);
     }
+    sk->sh = sh; /* sockets never move between multis; kept exact anyway */
+    sk->curl_wants = true;
+    uv_ref((uv_handle_t *)&sk->poll);
     int events = 0;
     if (what & CURL_POLL_IN)
         events |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         events |= UV_WRITABLE;
-    int rc = uv_poll_start(&sk->poll, events, hc_on_poll);
-    if (rc) {
-        log_error("http_client: cannot poll socket %d: %s", (int)fd, uv_strerror(rc));
-        return -1;
+    return hc_sock_watch(sk, events);
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: what curl does itself, plus remembering that the close
+ * callback below will see this socket close. */
+static curl_socket_t hc_on_opensocket(void *clientp, curlsocktype purpose,
+                                      struct curl_sockaddr *addr)
+{
+    struct http_client *c = clientp;
+    curl_socket_t fd = socket(addr->family, addr->socktype, addr->protocol);
+    if (fd != CURL_SOCKET_BAD) {
+        struct hc_fd *fe = hc_fd_get(c, fd);
+        if (fe->sk)
+            hc_sock_close(fe->sk); /* its fd was closed behind our back: a stale watcher */
+        fe->owned = true;
     }
-    return 0;
+    return fd;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: stop watching (before the fd can be reused), then close. */
+static int hc_on_closesocket(void *clientp, curl_socket_t fd)
+{
+    struct http_client *c = clientp;
+    if ((size_t)fd < c->nfds) {
+        struct hc_fd *fe = &c->fds[fd];
+        if (fe->sk)
+            hc_sock_close(fe->sk);
+        fe->owned = false;
+    }
+    return close(fd);
 }
 
 static void hc_on_timeout(uv_timer_t *t)
 {
-    struct http_client *c = t->data;
-    hc_drive(c, CURL_SOCKET_TIMEOUT, 0);
+    struct hc_shard *sh = t->data;
+    hc_drive(sh, CURL_SOCKET_TIMEOUT, 0);
 }
 
-/* CURLMOPT_TIMERFUNCTION: (re)arm or stop the one timer. */
+/* CURLMOPT_TIMERFUNCTION: (re)arm or stop the one timer.
+ *
+ * curl asks for 0 ms ("run now") after every curl_multi_add_handle. Two libuv traps:
+ * a 0 ms timer started from a timer callback runs again in the same pass, without
+ * polling for I/O (the loop's clock does not move during the pass), so the loop could stay
+ * in its timer phase; and when many sockets are ready, one poll phase handles up to 48
+ * batches of 1024 events before timers run again, so requests submitted from completion
+ * callbacks would wait that long to be sent. So "now" arms a 1 ms timer (as curl's
+ * docs/examples/multi-uv.c does) and sets run_now, which hc_drive() acts on at once. */
 static int hc_on_timer_change(CURLM *multi, long timeout_ms, void *userp)
 {
-    struct http_client *c = userp;
+    struct hc_shard *sh = userp;
+    sh->run_now = timeout_ms == 0;
     if (timeout_ms < 0)
-        uv_timer_stop(&c->timer);
+        uv_timer_stop(&sh->timer);
     else
-        uv_timer_start(&c->timer, hc_on_timeout, (uint64_t)timeout_ms, 0);
+        uv_timer_start(&sh->timer, hc_on_timeout, timeout_ms > 0 ? (uint64_t)timeout_ms : 1, 0);
     return 0;
 }
 
@@ -216,6 +348,52 @@ static void hc_timer_on_closed(uv_handle_t *h)
     struct http_client *c = h->data;
     c->open_handles--;
     hc_maybe_finish(c);
+}
+
+static void hc_shard_timer_on_closed(uv_handle_t *h)
+{
+    struct hc_shard *sh = h->data;
+    struct http_client *c = sh->c;
+    free(sh);
+    c->open_handles--;
+    hc_maybe_finish(c);
+}
+
+/* A new multi with the client's settings, appended to the shards; NULL if curl fails. */
+static struct hc_shard *hc_shard_new(struct http_client *c)
+{
+    CURLM *multi = curl_multi_init();
+    if (!multi)
+        return NULL;
+    struct hc_shard *sh = xcalloc(1, sizeof(*sh));
+    sh->c = c;
+    sh->multi = multi;
+    uv_timer_init(c->loop, &sh->timer);
+    sh->timer.data = sh;
+    c->open_handles++;
+    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, hc_on_socket);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, sh);
+    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, hc_on_timer_change);
+    curl_multi_setopt(multi, CURLMOPT_TIMERDATA, sh);
+    if (c->opts.max_host_connections > 0)
+        curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, c->opts.max_host_connections);
+    if (c->opts.max_total_connections > 0)
+        curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, c->opts.max_total_connections);
+    if (c->opts.max_cached_connections > 0)
+        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, c->opts.max_cached_connections);
+    c->shards = xrealloc(c->shards, (c->nshards + 1) * sizeof(*c->shards));
+    c->shards[c->nshards++] = sh;
+    return sh;
+}
+
+/* The first shard with room (opening one if all are full); NULL if curl fails. First fit
+ * keeps a light load on the first shard, so its cached connections get reused. */
+static struct hc_shard *hc_shard_pick(struct http_client *c)
+{
+    for (size_t i = 0; i < c->nshards; i++)
+        if (c->shards[i]->active < c->shard_size)
+            return c->shards[i];
+    return hc_shard_new(c);
 }
 
 /* ---- per-request data callbacks (curl -> us) ---- */
@@ -296,10 +474,35 @@ static enum http_result hc_map_result(const struct hc_req *r, CURLcode rc)
     }
 }
 
+/* An easy handle for a new request: a reset one from the idle list, or a new one. */
+static CURL *hc_easy_get(struct http_client *c)
+{
+    if (c->nidle > 0)
+        return c->idle[--c->nidle];
+    return curl_easy_init();
+}
+
+/* Keep a finished request's easy handle (already off the multi) for the next request:
+ * curl_easy_init + curl_easy_cleanup per request cost more than curl_easy_reset. The
+ * list grows to the most requests ever in flight at once and is freed on close. */
+static void hc_easy_put(struct http_client *c, CURL *e)
+{
+    if (c->closing) {
+        curl_easy_cleanup(e);
+        return;
+    }
+    curl_easy_reset(e);
+    if (c->nidle == c->capidle) {
+        c->capidle = c->capidle ? c->capidle * 2 : 64;
+        c->idle = xrealloc(c->idle, c->capidle * sizeof(*c->idle));
+    }
+    c->idle[c->nidle++] = e;
+}
+
 static void hc_req_free(struct hc_req *r)
 {
     if (r->easy)
-        curl_easy_cleanup(r->easy);
+        hc_easy_put(r->c, r->easy);
     curl_slist_free_all(r->headers);
     free(r->body);
     if (!r->body_stolen)
@@ -327,7 +530,8 @@ static void hc_req_finish(struct hc_req *r, CURLcode rc, bool cancelled)
     struct http_client *c = r->c;
     struct http_response *resp = &r->resp;
 
-    curl_multi_remove_handle(c->multi, r->easy);
+    curl_multi_remove_handle(r->sh->multi, r->easy);
+    r->sh->active--;
     hc_req_unlink(r);
 
     resp->curl_code = (int)rc;
@@ -360,11 +564,11 @@ static void hc_req_finish(struct hc_req *r, CURLcode rc, bool cancelled)
     hc_req_free(r);
 }
 
-static void hc_drain(struct http_client *c)
+static void hc_drain(struct hc_shard *sh)
 {
     CURLMsg *m;
     int left;
-    while (c->multi && (m = curl_multi_info_read(c->multi, &left))) {
+    while (sh->multi && (m = curl_multi_info_read(sh->multi, &left))) {
         if (m->msg != CURLMSG_DONE)
             continue;
         CURLcode rc = m->data.result;
@@ -375,31 +579,48 @@ static void hc_drain(struct http_client *c)
 }
 
 /* Tell curl what happened on fd (or that its timer fired), then deliver finished transfers. */
-static void hc_drive(struct http_client *c, curl_socket_t fd, int flags)
+static void hc_drive(struct hc_shard *sh, curl_socket_t fd, int flags)
 {
-    if (!c->multi)
+    struct http_client *c = sh->c;
+    if (!sh->multi)
         return;
     int running = 0;
     c->depth++;
-    curl_multi_socket_action(c->multi, fd, flags, &running);
-    hc_drain(c);
+    curl_multi_socket_action(sh->multi, fd, flags, &running);
+    hc_drain(sh);
+    /* Start what the callbacks just submitted (see hc_on_timer_change); bounded, the
+     * timer catches up with the rest. */
+    for (int i = 0; i < HC_RUN_NOW_PASSES && sh->multi && sh->run_now; i++) {
+        sh->run_now = false;
+        curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        hc_drain(sh);
+    }
     c->depth--;
     hc_maybe_finish(c);
 }
 
-/* When closing and nothing above us uses the multi: clean it up, close every handle; when
+/* When closing and nothing above us uses a multi: clean them up, close every handle; when
  * the last handle has closed, free the client and tell the owner. */
 static void hc_maybe_finish(struct http_client *c)
 {
     if (!c->closing || c->depth > 0)
         return;
-    if (c->multi) {
+    if (!c->multis_cleaned) {
+        c->multis_cleaned = true;
         c->depth++; /* the close callbacks below must not free c under us */
-        curl_multi_cleanup(c->multi);
-        c->multi = NULL;
+        while (c->nidle > 0)
+            curl_easy_cleanup(c->idle[--c->nidle]);
+        for (size_t i = 0; i < c->nshards; i++) {
+            struct hc_shard *sh = c->shards[i];
+            curl_multi_cleanup(sh->multi); /* closes cached connections (hc_on_closesocket) */
+            sh->multi = NULL;
+            uv_close((uv_handle_t *)&sh->timer, hc_shard_timer_on_closed);
+        }
+        free(c->shards);
+        c->shards = NULL;
+        c->nshards = 0;
         while (c->socks)
             hc_sock_close(c->socks);
-        uv_close((uv_handle_t *)&c->timer, hc_timer_on_closed);
         uv_close((uv_handle_t *)&c->sweep, hc_timer_on_closed);
         c->depth--;
         return;
@@ -410,6 +631,8 @@ static void hc_maybe_finish(struct http_client *c)
     void *arg = c->closed_arg;
     free(c->user_agent);
     free(c->ca_file);
+    free(c->idle);
+    free(c->fds);
     free(c);
     if (cb)
         cb(arg);
@@ -424,7 +647,7 @@ static void hc_maybe_finish(struct http_client *c)
 static void hc_on_sweep(uv_timer_t *t)
 {
     struct http_client *c = t->data;
-    if (!c->reqs || !c->multi) {
+    if (!c->reqs || c->multis_cleaned) {
         uv_timer_stop(&c->sweep);
         c->sweeping = false;
         return;
@@ -467,35 +690,28 @@ struct http_client *http_client_new(uv_loop_t *loop, const struct http_client_op
             *err = xasprintf("curl_global_init: %s", curl_easy_strerror(hc_global_rc));
         return NULL;
     }
-    CURLM *multi = curl_multi_init();
-    if (!multi) {
-        if (err)
-            *err = xstrdup("curl_multi_init failed");
-        return NULL;
-    }
     struct http_client *c = xcalloc(1, sizeof(*c));
     c->loop = loop;
-    c->multi = multi;
+    c->opts = *opts;
+    c->opts.user_agent = NULL;
+    c->opts.ca_file = NULL;
     c->user_agent = xstrdup(opts->user_agent ? opts->user_agent : "tierone/" TIERONE_VERSION);
     c->ca_file = xstrdup(opts->ca_file);
     c->recv_buffer_size = opts->recv_buffer_size;
-    uv_timer_init(loop, &c->timer);
-    c->timer.data = c;
+    c->limited = opts->max_host_connections > 0 || opts->max_total_connections > 0;
+    c->shard_size =
+        c->limited || opts->max_cached_connections > 0 ? SIZE_MAX : (size_t)HC_SHARD_SIZE;
+    if (!hc_shard_new(c)) {
+        if (err)
+            *err = xstrdup("curl_multi_init failed");
+        free(c->user_agent);
+        free(c->ca_file);
+        free(c);
+        return NULL;
+    }
     uv_timer_init(loop, &c->sweep);
     c->sweep.data = c;
-    c->open_handles = 2;
-
-    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, hc_on_socket);
-    curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, c);
-    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, hc_on_timer_change);
-    curl_multi_setopt(multi, CURLMOPT_TIMERDATA, c);
-    c->limited = opts->max_host_connections > 0 || opts->max_total_connections > 0;
-    if (opts->max_host_connections > 0)
-        curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, opts->max_host_connections);
-    if (opts->max_total_connections > 0)
-        curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, opts->max_total_connections);
-    if (opts->max_cached_connections > 0)
-        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, opts->max_cached_connections);
+    c->open_handles++;
     return c;
 }
 
@@ -549,6 +765,10 @@ static void hc_req_set_options(struct hc_req *r, const struct http_request *req)
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, hc_on_opensocket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, c);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, hc_on_closesocket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, c);
     curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
     if (c->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
@@ -593,17 +813,23 @@ int http_client_request(struct http_client *c, const struct http_request *req, h
     r->deadline_ns = r->start_ns +
                      (req->timeout_ms ? req->timeout_ms : HC_DEFAULT_TIMEOUT_MS) * 1000000u +
                      HC_SWEEP_GRACE_NS;
-    r->easy = curl_easy_init();
+    r->sh = hc_shard_pick(c);
+    if (!r->sh) {
+        why = "curl_multi_init failed";
+        goto out;
+    }
+    r->easy = hc_easy_get(c);
     if (!r->easy) {
         why = "curl_easy_init failed";
         goto out;
     }
     hc_req_set_options(r, req);
-    CURLMcode mrc = curl_multi_add_handle(c->multi, r->easy);
+    CURLMcode mrc = curl_multi_add_handle(r->sh->multi, r->easy);
     if (mrc != CURLM_OK) {
         why = curl_multi_strerror(mrc);
         goto out;
     }
+    r->sh->active++;
     r->next = c->reqs;
     if (c->reqs)
         c->reqs->prev = r;

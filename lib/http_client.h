@@ -1,18 +1,21 @@
 /* http_client: asynchronous HTTP(S) requests on a libuv loop, for every outside service
  * tierone talks to (Chatwoot, an OpenAI-compatible LLM, Slack, Linear).
  *
- * One client per loop. It drives one libcurl multi handle from the loop the way curl's
+ * One client per loop. It drives libcurl multi handles from the loop the way curl's
  * docs/examples/multi-uv.c does: curl's socket callback starts/stops one uv_poll_t per
- * socket, its timer callback drives one uv_timer_t, and finished transfers are drained
- * with curl_multi_info_read after every curl_multi_socket_action. No threads of our own
- * (curl resolves host names on short-lived resolver threads unless the host is an IP
- * literal), no big fixed buffers: a request costs its curl easy handle (about 20 KiB,
- * mostly the receive buffer: see recv_buffer_size) plus what the response actually holds,
- * so thousands can be in flight at once.
+ * socket (kept across keep-alive reuse until curl closes the socket), its timer callback
+ * drives a uv_timer_t, and finished transfers are drained with curl_multi_info_read after
+ * every curl_multi_socket_action. Requests are spread over several multi handles of 128
+ * transfers each (curl 7.88 scans its whole connection cache per request), unless a
+ * connection limit is set, which needs one multi. Easy handles are reused
+ * (curl_easy_reset). No threads of our own (curl resolves host names on short-lived
+ * resolver threads unless the host is an IP literal). A request in flight costs about
+ * 17 KB, almost all of it libcurl's own state (bench/README.md), so thousands can be in
+ * flight at once.
  *
  * Fixed policy: TLS peer and host verification always on, no signals (CURLOPT_NOSIGNAL),
  * only http/https, no redirects unless a request asks, keep-alive connections cached per
- * host in the shared multi handle and reused by later requests.
+ * host and reused by later requests.
  *
  * Not thread-safe: call everything from the loop's thread.
  *

@@ -37,6 +37,8 @@ DEPS_PACKAGES=(
   clang                # libFuzzer target (fuzz/run.sh)
   curl                 # demo: /readyz, /metrics and webhook posts
   openssl              # demo: signs the sample webhooks (HMAC-SHA256)
+  wrk                  # benchmarks: the C load generator baseline (bench/)
+  time                 # benchmarks: /usr/bin/time for peak RSS of competitors
 )
 
 # Prints the packages of DEPS_PACKAGES that are not installed, one per line.
