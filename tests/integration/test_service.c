@@ -15,7 +15,7 @@
 #define MAX_TAKES 64
 
 struct h {
-    uv_loop_t loop;
+    uv_loop_t loop; /* first member: callbacks stop it (see on_take) */
     struct redis *redis[10];
     int nredis;
     redisContext *rc;
@@ -55,9 +55,12 @@ static void h_close(struct h *h)
     redisFree(h->rc);
 }
 
+/* Every completion calls uv_stop: a callback run from the timer phase would otherwise let
+ * UV_RUN_ONCE go on to block in poll (the Redis connections keep the loop alive). */
 static void on_take(int granted, double at_s, void *arg)
 {
     struct h *h = arg;
+    uv_stop(&h->loop);
     if (h->ntakes < MAX_TAKES) {
         h->granted[h->ntakes] = granted;
         h->at[h->ntakes] = at_s;
@@ -173,6 +176,7 @@ static void fleet_take(struct fleet *f);
 static void fleet_on_take(int granted, double at_s, void *arg)
 {
     struct fleet *f = arg;
+    uv_stop(&f->h->loop);
     f->outstanding--;
     cr_assert_neq(granted, -1);
     f->granted += granted == 1;
@@ -220,6 +224,7 @@ Test(rate_limit, ten_processes_share_one_bucket)
 /* ---- service_call ------------------------------------------------------------------------ */
 
 struct outcome {
+    uv_loop_t *loop;
     int done;
     struct job_error *err;
     long status;
@@ -229,6 +234,7 @@ struct outcome {
 static void on_call(struct job_error *err, struct http_response *resp, void *arg)
 {
     struct outcome *o = arg;
+    uv_stop(o->loop);
     o->done = 1;
     o->err = err;
     o->status = resp ? resp->status : -1;
@@ -272,7 +278,7 @@ Test(service, call_classifies_and_respects_the_rate_limit)
                                  .body = "{}",
                                  .body_len = 2,
                                  .what = "POST /ok"};
-    struct outcome o = {0};
+    struct outcome o = {.loop = &h.loop};
     cr_assert_eq(service_call(&s, &rq, on_call, &o), 0);
     cr_assert_eq(o.done, 0, "the callback must not run inside service_call");
     run_until_done(&h, &o);
@@ -283,7 +289,7 @@ Test(service, call_classifies_and_respects_the_rate_limit)
 
     snprintf(url, sizeof url, "%s/busy", fake_http_url(fake));
     struct service_request busy = {.url = url, .what = "GET /busy"};
-    o = (struct outcome){0};
+    o = (struct outcome){.loop = &h.loop};
     double before = clock_wall_s();
     service_call(&s, &busy, on_call, &o);
     run_until_done(&h, &o);
@@ -304,12 +310,12 @@ Test(service, call_classifies_and_respects_the_rate_limit)
     const char *rerr = NULL;
     s.limit = rate_limit_new(h.redis[0], "svc", 0.001, 1, &rerr);
     snprintf(url, sizeof url, "%s/ok", fake_http_url(fake));
-    o = (struct outcome){0};
+    o = (struct outcome){.loop = &h.loop};
     service_call(&s, &rq, on_call, &o); /* takes the only token */
     run_until_done(&h, &o);
     cr_assert_null(o.err);
     size_t sent = fake_http_count(fake);
-    o = (struct outcome){0};
+    o = (struct outcome){.loop = &h.loop};
     rq.jid = "abc";
     service_call(&s, &rq, on_call, &o);
     run_until_done(&h, &o);
@@ -325,7 +331,7 @@ Test(service, call_classifies_and_respects_the_rate_limit)
     const char *uerr = NULL;
     struct redis *down = redis_new(&h.loop, &ro, &uerr);
     s.limit = rate_limit_new(down, "svc", 1, 1, &rerr);
-    o = (struct outcome){0};
+    o = (struct outcome){.loop = &h.loop};
     service_call(&s, &rq, on_call, &o);
     run_until_done(&h, &o);
     cr_assert_eq(o.err->kind, JOB_ERR_RETRY);
