@@ -1,6 +1,8 @@
 /* tierone: the operator's command. `tierone <command> [args...]`; `tierone help` lists the
- * commands. Every command exits 0 on success and 1 (reason on stderr) otherwise. */
+ * commands. Every command exits 0 on success and 1 (reason on stderr) otherwise; `kb` and
+ * the operator commands use 2 for a usage error. */
 #include "cli.h"
+#include "kb.h"
 #include "ops.h"
 
 #include "log.h"
@@ -15,6 +17,7 @@ static void cli_help_usage(FILE *out);
 static const struct cli_command cli_commands[] = {
     {"migrate", "apply the database migrations (NNNN_name.sql) that are not applied yet",
      cli_migrate, cli_migrate_usage},
+    {"kb", "ingest, list, remove, search and evaluate the knowledge base", cli_kb, cli_kb_usage},
     {"stats", "processed, failed, queues, retries, dead, processes (Sidekiq's dashboard)",
      cli_stats, cli_stats_usage},
     {"queues", "every queue with its size and latency", cli_queues, cli_queues_usage},
