@@ -8,8 +8,10 @@
 # starts its own redis-server, tierone-ingest and nginx (one worker, like the shim's one
 # loop; `return 202`) on free loopback ports, then runs wrk (keep-alive) with a Lua script
 # that POSTs the same correctly signed 2 KB Chatwoot-like body to each, alternating, RUNS
-# times. Every shim request is queued (no X-Chatwoot-Delivery, so no dedupe): the script
-# checks the shim's queued-job counter against wrk's request count. A background LTRIM keeps
+# times. Every shim request is queued (no X-Chatwoot-Delivery, so no dedupe; with
+# BENCH_DELIVERY=1 each request carries a unique one, as Chatwoot sends, so the dedupe script
+# runs too, and both servers get the same per-request Lua): the script checks the shim's
+# queued-job counter against wrk's request count. A background LTRIM keeps
 # queue:events at 1000 entries so Redis does not grow to gigabytes.
 #
 # Prints per run and the medians: requests/s, p50, p99 (wrk's latency), the shim's peak
@@ -17,7 +19,8 @@
 # p99 <= 5 ms, RSS <= 16 MB) as met / MISSED. Exit status 0 unless something failed to run.
 #
 # Environment: BENCH_RUNS (3), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
-# BENCH_THREADS (2), TIERONE_BENCH_BUILD_DIR, TIERONE_BENCH_KEEP (keep the temp dir).
+# BENCH_THREADS (2), BENCH_DELIVERY (0), TIERONE_BENCH_BUILD_DIR, TIERONE_BENCH_KEEP (keep the
+# temp dir).
 # Needs wrk, nginx (nginx-light), redis-server, redis-cli, openssl (Debian packages).
 set -euo pipefail
 
@@ -27,6 +30,7 @@ RUNS=${BENCH_RUNS:-3}
 DURATION=${BENCH_DURATION:-10s}
 CONNS=${BENCH_CONNECTIONS:-50}
 THREADS=${BENCH_THREADS:-2}
+DELIVERY=${BENCH_DELIVERY:-0}
 SECRET=bench-secret
 WORK=$(mktemp -d /tmp/tierone-bench.XXXXXX)
 chmod 0755 "$WORK" # nginx's worker (user nobody) reads nothing here, but may stat it
@@ -159,6 +163,23 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Chatwoot-Timestamp"] = "$ts"
 wrk.headers["X-Chatwoot-Signature"] = "sha256=$sig"
+EOF
+  if [ "$DELIVERY" = 1 ]; then
+    cat >>"$WORK/post.lua" <<EOF
+local threads = 0
+setup = function(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+local n = 0
+request = function()
+  n = n + 1
+  wrk.headers["X-Chatwoot-Delivery"] = string.format("bench-$ts-$RANDOM$RANDOM-%d-%d", tid, n)
+  return wrk.format()
+end
+EOF
+  fi
+  cat >>"$WORK/post.lua" <<EOF
 done = function(s, lat, req)
   local e = s.errors
   io.write(string.format("RESULT %d %.1f %d %d %d %d\n", s.requests,
@@ -188,7 +209,8 @@ run_wrk() {
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-say "body $(wc -c <"$WORK/body.json") bytes; wrk -t$THREADS -c$CONNS -d$DURATION, keep-alive; $RUNS runs"
+say "body $(wc -c <"$WORK/body.json") bytes; wrk -t$THREADS -c$CONNS -d$DURATION, keep-alive; $RUNS runs;" \
+  "$([ "$DELIVERY" = 1 ] && echo "a unique X-Chatwoot-Delivery per request" || echo "no delivery ids")"
 say "redis :$RPORT  tierone-ingest :$SPORT (pid $SHIM_PID)  nginx :$NPORT (1 worker)"
 printf '%-5s %12s %9s %9s %9s %12s %7s\n' run shim_req/s p50_ms p99_ms rss_MB nginx_req/s ratio
 declare -a S_RPS S_P50 S_P99 S_RSS N_RPS RATIO

@@ -332,6 +332,8 @@ static int ingest_start_servers(struct ingest *in, char *err, size_t errcap)
     ho.body_timeout_ms = (uint32_t)in->cfg.body_timeout_ms;
     ho.idle_timeout_ms = (uint32_t)in->cfg.idle_timeout_ms;
     ho.name = "ingest";
+    ho.on_error = shim_count_error;
+    ho.error_ud = in->shim;
     in->http = http_server_start(&in->loop, &ho, shim_handle, in->shim, err, errcap);
     if (!in->http)
         return -1;

@@ -1,9 +1,10 @@
 /* outbox: Redis push with dedupe, spool fallback and in-order drain (see outbox.h).
  *
- * Reading order: the push script, job records, the direct path (submit -> script ->
- * reply), the spool path (append -> durable), the drain (peek -> script -> pop), Redis
- * state changes, metrics, life cycle. */
+ * Reading order: the push script, job records, the batch (submit -> batch -> flush ->
+ * script -> reply), the spool path (append -> durable), the drain (peek -> script -> pop),
+ * Redis state changes, metrics, life cycle. */
 #include "outbox.h"
+#include "buf.h"
 #include "clock.h"
 #include "log.h"
 #include "redis.h"
@@ -14,14 +15,50 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* KEYS: queues set, queue list[, dedupe key]; ARGV: payload, queue name, dedupe TTL (s). */
-static struct redis_script outbox_push_script =
-    REDIS_SCRIPT("if #KEYS == 3 and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then\n"
-                 "  return 0\n"
-                 "end\n"
-                 "redis.call('SADD', KEYS[1], ARGV[2])\n"
-                 "redis.call('LPUSH', KEYS[2], ARGV[1])\n"
-                 "return 1\n");
+/* Stands in for a repeat delivery between the LSET and the LREM below; never a job (jobs
+ * are JSON objects). */
+#define OUTBOX_TOMBSTONE "tierone:duplicate"
+
+/* A batch of n jobs goes to Redis as one transaction (one write, one reply):
+ *
+ *   MULTI
+ *   SADD queues <queue>
+ *   LPUSH queue:<queue> <payload 1> ... <payload n>
+ *   EVAL <dedupe script> ...        only when a job of the batch has a delivery id
+ *   EXEC
+ *
+ * The payloads never pass through Lua (Redis hashes every byte of every string it hands a
+ * script, which cost more than everything else Redis did per job). Instead the script,
+ * which runs right after the LPUSH inside the same transaction, sets each delivery's
+ * dedupe key (SET NX EX) and removes the jobs whose key already existed (a repeat within
+ * the TTL, or the same id twice in the batch) from the head of the list again, by
+ * position. So a dedupe key exists exactly when its job was pushed; a transaction that
+ * failed left neither.
+ *
+ * KEYS: the queue list, then the batch's dedupe keys in job order.
+ * ARGV: dedupe TTL (s), n, then for each dedupe key the position (1..n) of its job.
+ * Returns one integer per job: 1 queued, 0 repeat delivery (removed again). */
+static const char outbox_dedupe_script[] =
+    "if redis.call('TYPE', KEYS[1]).ok ~= 'list' or redis.call('LLEN', KEYS[1]) < "
+    "tonumber(ARGV[2]) then\n"
+    "  return redis.error_reply('ERR tierone: the push to ' .. KEYS[1] .. ' did not happen')\n"
+    "end\n"
+    "local n = tonumber(ARGV[2])\n"
+    "local res, dups = {}, {}\n"
+    "for i = 1, n do res[i] = 1 end\n"
+    "for k = 2, #KEYS do\n"
+    "  local i = tonumber(ARGV[k + 1])\n"
+    "  if not redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then\n"
+    "    res[i] = 0\n"
+    "    dups[#dups + 1] = i\n"
+    "  end\n"
+    "end\n"
+    "for _, i in ipairs(dups) do redis.call('LSET', KEYS[1], n - i, '" OUTBOX_TOMBSTONE "') end\n"
+    "if #dups > 0 then redis.call('LREM', KEYS[1], #dups, '" OUTBOX_TOMBSTONE "') end\n"
+    "return res\n";
+
+#define OUTBOX_BATCH_MAX   128           /* jobs in one transaction */
+#define OUTBOX_BATCH_BYTES (1024 * 1024) /* ... or fewer, once their records hold this much */
 
 enum outbox_stat {
     OS_QUEUED,
@@ -37,6 +74,8 @@ static const char *const outbox_stat_names[OS_COUNT] = {
     "queued", "duplicate", "spooled", "failed", "drained", "drained_duplicate",
 };
 
+struct outbox_job;
+
 struct outbox {
     uv_loop_t *loop;
     struct redis *redis;
@@ -47,12 +86,21 @@ struct outbox {
     char ttl[24];
     uint32_t drain_interval_ms;
     uv_timer_t drain_timer;
-    int drain_busy;     /* a drain push is in flight */
+    /* The batch: jobs submitted since the last flush, in order. It is flushed from the
+     * check phase (after this loop iteration's I/O callbacks) or, for jobs submitted later
+     * in the iteration, from the prepare phase (before the loop next waits). */
+    uv_check_t flush_check;
+    uv_prepare_t flush_prepare;
+    int flush_armed;
+    struct outbox_job *batch_head, *batch_tail;
+    size_t batch_n;
+    struct buf keys;    /* scratch: the dedupe keys of the call being built */
+    size_t drain_busy;  /* records in the drain push in flight (0 = none) */
     int drain_warned;   /* a "draining paused" line was written since the last success */
     int redis_warned;   /* a "falling back to the spool" line was written for this outage */
     uint64_t in_flight; /* submitted jobs whose callback has not run */
     int closing;
-    int closes_left; /* timer close + redis/spool chain */
+    int closes_left; /* timer, check, prepare close + redis/spool chain */
     outbox_closed_cb closed_cb;
     void *closed_data;
     /* metrics (NULL without a registry) */
@@ -60,16 +108,25 @@ struct outbox {
     struct metrics_series *push_redis;
     struct metrics_series *push_spool;
     struct metrics_series *redis_up;
+    struct metrics_series *transactions;
 };
 
 /* One submitted job, alive until its callback ran. rec is its spool record. */
 struct outbox_job {
     struct outbox *ob;
+    struct outbox_job *next; /* in the batch, or in a call in flight */
     outbox_cb cb;
     void *data;
     char *rec;
     size_t rec_len;
     uint64_t t0_ns;
+};
+
+/* One script call in flight for a list of jobs. */
+struct outbox_call {
+    struct outbox *ob;
+    struct outbox_job *head;
+    size_t n;
 };
 
 static void outbox_drain(struct outbox *ob);
@@ -113,54 +170,131 @@ static int outbox_record_split(const char *rec, size_t len, const char **deliver
     return 0;
 }
 
-/* Run the push script for a record; 0 if sent (cb runs once), -1 if Redis is not up. */
-static int outbox_eval(struct outbox *ob, const char *rec, size_t rec_len, redis_reply_cb cb,
-                       void *data)
+/* Send the transaction for n (1..OUTBOX_BATCH_MAX) records; cb gets EXEC's reply. 0 if
+ * sent (cb runs once), -1 if Redis is not up or a record is not one (cb never runs). */
+static int outbox_send(struct outbox *ob, const char *const *recs, const size_t *rec_lens, size_t n,
+                       redis_reply_cb cb, void *data)
 {
-    const char *delivery, *payload;
-    size_t dlen, plen;
-    if (outbox_record_split(rec, rec_len, &delivery, &dlen, &payload, &plen) != 0)
+    enum { CAP = 6 + 2 * OUTBOX_BATCH_MAX };
+    const char *argv[CAP];
+    size_t lens[CAP];
+    size_t koff[OUTBOX_BATCH_MAX], klen[OUTBOX_BATCH_MAX];
+    char pos[OUTBOX_BATCH_MAX][12], count[24], nstr[24];
+    size_t prefix = strlen(OUTBOX_DEDUPE_PREFIX), nkeys = 0, a = 0;
+    if (n == 0 || n > OUTBOX_BATCH_MAX)
         return -1;
-    char *dkey = NULL;
-    const char *argv[6] = {ob->queues_key, ob->queue_key, NULL, payload, ob->queue, ob->ttl};
-    size_t lens[6] = {strlen(ob->queues_key), strlen(ob->queue_key), 0, plen,
-                      strlen(ob->queue),      strlen(ob->ttl)};
-    int nkeys = 2;
-    if (dlen) {
-        size_t plen_prefix = strlen(OUTBOX_DEDUPE_PREFIX);
-        dkey = xmalloc(plen_prefix + dlen + 1);
-        memcpy(dkey, OUTBOX_DEDUPE_PREFIX, plen_prefix);
-        memcpy(dkey + plen_prefix, delivery, dlen);
-        dkey[plen_prefix + dlen] = '\0';
-        argv[2] = dkey;
-        lens[2] = plen_prefix + dlen;
-        nkeys = 3;
-    }
-    const char *args[6];
-    size_t alens[6];
-    int n = 0;
-    for (int i = 0; i < 6; i++) {
-        if (!argv[i])
+    buf_reset(&ob->keys);
+    argv[a] = "LPUSH";
+    lens[a++] = 5;
+    argv[a] = ob->queue_key;
+    lens[a++] = strlen(ob->queue_key);
+    for (size_t i = 0; i < n; i++) {
+        const char *d;
+        size_t dlen;
+        if (outbox_record_split(recs[i], rec_lens[i], &d, &dlen, &argv[a], &lens[a]) != 0)
+            return -1;
+        a++;
+        klen[i] = 0;
+        if (!dlen)
             continue;
-        args[n] = argv[i];
-        alens[n++] = lens[i];
+        koff[i] = ob->keys.len;
+        klen[i] = prefix + dlen;
+        buf_append(&ob->keys, OUTBOX_DEDUPE_PREFIX, prefix);
+        buf_append(&ob->keys, d, dlen);
+        nkeys++;
     }
-    int rc = redis_eval(ob->redis, &outbox_push_script, cb, data, nkeys, n, args, alens);
-    free(dkey);
-    return rc;
+    const char *sadd[3] = {"SADD", ob->queues_key, ob->queue};
+    if (redis_command_argv(ob->redis, NULL, NULL, 1, (const char *[]){"MULTI"}, NULL) != 0)
+        return -1;
+    if (redis_command_argv(ob->redis, NULL, NULL, 3, sadd, NULL) != 0 ||
+        redis_command_argv(ob->redis, NULL, NULL, (int)a, argv, lens) != 0)
+        goto discard;
+    if (nkeys) {
+        a = 0;
+        snprintf(count, sizeof count, "%zu", nkeys + 1);
+        argv[a] = "EVAL";
+        lens[a++] = 4;
+        argv[a] = outbox_dedupe_script;
+        lens[a++] = sizeof outbox_dedupe_script - 1;
+        argv[a] = count;
+        lens[a++] = strlen(count);
+        argv[a] = ob->queue_key;
+        lens[a++] = strlen(ob->queue_key);
+        for (size_t i = 0; i < n; i++) {
+            if (klen[i]) {
+                argv[a] = ob->keys.data + koff[i];
+                lens[a++] = klen[i];
+            }
+        }
+        argv[a] = ob->ttl;
+        lens[a++] = strlen(ob->ttl);
+        snprintf(nstr, sizeof nstr, "%zu", n);
+        argv[a] = nstr;
+        lens[a++] = strlen(nstr);
+        for (size_t i = 0; i < n; i++) {
+            if (!klen[i])
+                continue;
+            snprintf(pos[i], sizeof pos[i], "%zu", i + 1);
+            argv[a] = pos[i];
+            lens[a++] = strlen(pos[i]);
+        }
+        if (redis_command_argv(ob->redis, NULL, NULL, (int)a, argv, lens) != 0)
+            goto discard;
+    }
+    if (redis_command_argv(ob->redis, cb, data, 1, (const char *[]){"EXEC"}, NULL) != 0)
+        goto discard;
+    if (ob->transactions)
+        metrics_inc(ob->transactions);
+    return 0;
+discard:
+    (void)redis_command_argv(ob->redis, NULL, NULL, 1, (const char *[]){"DISCARD"}, NULL);
+    return -1;
 }
 
-/* 1 queued, 0 duplicate, -1 failed (reason in why). */
-static int outbox_reply_result(const redisReply *reply, const char **why)
+/* EXEC's reply for n jobs: 0 with res[i] = 1 (queued) or 0 (repeat delivery), or -1 with a
+ * reason in why when nothing was pushed (the jobs then go to the spool). When the jobs were
+ * pushed but the dedupe script failed (it should not: the reason is in *warn), every job
+ * counts as queued: spooling them would push them a second time. */
+static int outbox_exec_results(const redisReply *reply, size_t n, int *res, const char **why,
+                               const char **warn)
 {
+    *warn = NULL;
     if (!reply) {
         *why = "connection lost";
         return -1;
     }
-    if (reply->type == REDIS_REPLY_INTEGER)
-        return reply->integer ? 1 : 0;
-    *why = reply->type == REDIS_REPLY_ERROR && reply->str ? reply->str : "unexpected reply";
-    return -1;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        *why = reply->str ? reply->str : "error reply";
+        return -1;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 || reply->elements > 3) {
+        *why = "transaction aborted or unexpected reply";
+        return -1;
+    }
+    const redisReply *push = reply->element[1];
+    if (push->type != REDIS_REPLY_INTEGER) {
+        *why = push->type == REDIS_REPLY_ERROR && push->str ? push->str : "unexpected reply";
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        res[i] = 1;
+    if (reply->elements == 2)
+        return 0;
+    const redisReply *dd = reply->element[2];
+    if (dd->type != REDIS_REPLY_ARRAY || dd->elements != n) {
+        *warn = dd->type == REDIS_REPLY_ERROR && dd->str ? dd->str : "unexpected reply";
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++)
+        res[i] = dd->element[i]->type != REDIS_REPLY_INTEGER || dd->element[i]->integer != 0;
+    return 0;
+}
+
+static void outbox_warn_dedupe(const char *warn)
+{
+    log_warn("outbox: jobs pushed, but the dedupe script failed (%s); they count as queued "
+             "and their delivery ids are not remembered",
+             warn);
 }
 
 /* ---- jobs --------------------------------------------------------------------------------- */
@@ -186,14 +320,36 @@ static void outbox_job_finish(struct outbox_job *job, enum outbox_result res, co
     free(job);
 }
 
-static void outbox_on_direct_reply(struct redis *r, redisReply *reply, void *data)
+/* Spool every job of the list, in order; a job the spool refuses fails. */
+static void outbox_spool_list(struct outbox *ob, struct outbox_job *head)
 {
-    struct outbox_job *job = data;
-    struct outbox *ob = job->ob;
-    const char *why = NULL;
-    int res = outbox_reply_result(reply, &why);
-    if (res >= 0) {
-        outbox_job_finish(job, res ? OUTBOX_QUEUED : OUTBOX_DUPLICATE, NULL);
+    while (head) {
+        struct outbox_job *job = head;
+        head = job->next;
+        job->next = NULL;
+        char err[256];
+        if (outbox_spool_job(ob, job, err, sizeof err) != 0)
+            outbox_job_finish(job, OUTBOX_FAILED, err);
+    }
+}
+
+static void outbox_on_batch_reply(struct redis *r, redisReply *reply, void *data)
+{
+    struct outbox_call *call = data;
+    struct outbox *ob = call->ob;
+    struct outbox_job *head = call->head;
+    int res[OUTBOX_BATCH_MAX];
+    const char *why = NULL, *warn = NULL;
+    int rc = outbox_exec_results(reply, call->n, res, &why, &warn);
+    free(call);
+    if (warn)
+        outbox_warn_dedupe(warn);
+    if (rc == 0) {
+        for (size_t i = 0; head; i++) {
+            struct outbox_job *job = head;
+            head = job->next;
+            outbox_job_finish(job, res[i] ? OUTBOX_QUEUED : OUTBOX_DUPLICATE, NULL);
+        }
         return;
     }
     if (!ob->redis_warned) {
@@ -201,9 +357,82 @@ static void outbox_on_direct_reply(struct redis *r, redisReply *reply, void *dat
                  spool_path(ob->spool));
         ob->redis_warned = 1;
     }
-    char err[256];
-    if (outbox_spool_job(ob, job, err, sizeof err) != 0)
-        outbox_job_finish(job, OUTBOX_FAILED, err);
+    outbox_spool_list(ob, head);
+}
+
+/* ---- the batch ------------------------------------------------------------------------------ */
+
+static void outbox_disarm(struct outbox *ob)
+{
+    if (!ob->flush_armed)
+        return;
+    ob->flush_armed = 0;
+    uv_check_stop(&ob->flush_check);
+    uv_prepare_stop(&ob->flush_prepare);
+}
+
+/* Send the batch: one transaction per OUTBOX_BATCH_MAX jobs (or OUTBOX_BATCH_BYTES), in
+ * order. When Redis cannot be used (down, closing, or jobs are spooled ahead of these) the
+ * rest of the batch goes to the spool, in order. */
+static void outbox_flush(struct outbox *ob)
+{
+    outbox_disarm(ob);
+    struct outbox_job *head = ob->batch_head;
+    ob->batch_head = ob->batch_tail = NULL;
+    ob->batch_n = 0;
+    while (head) {
+        if (ob->closing || !spool_empty(ob->spool) || !redis_is_up(ob->redis))
+            break;
+        const char *recs[OUTBOX_BATCH_MAX];
+        size_t lens[OUTBOX_BATCH_MAX], n = 0, bytes = 0;
+        struct outbox_job *last = NULL;
+        for (struct outbox_job *j = head;
+             j && n < OUTBOX_BATCH_MAX && (n == 0 || bytes + j->rec_len <= OUTBOX_BATCH_BYTES);
+             j = j->next) {
+            recs[n] = j->rec;
+            lens[n++] = j->rec_len;
+            bytes += j->rec_len;
+            last = j;
+        }
+        struct outbox_call *call = xmalloc(sizeof *call);
+        call->ob = ob;
+        call->head = head;
+        call->n = n;
+        struct outbox_job *rest = last->next;
+        last->next = NULL;
+        if (outbox_send(ob, recs, lens, n, outbox_on_batch_reply, call) != 0) {
+            last->next = rest;
+            free(call);
+            break;
+        }
+        head = rest;
+    }
+    outbox_spool_list(ob, head);
+}
+
+static void outbox_on_flush_check(uv_check_t *h)
+{
+    outbox_flush(h->data);
+}
+
+static void outbox_on_flush_prepare(uv_prepare_t *h)
+{
+    outbox_flush(h->data);
+}
+
+static void outbox_batch_add(struct outbox *ob, struct outbox_job *job)
+{
+    if (ob->batch_tail)
+        ob->batch_tail->next = job;
+    else
+        ob->batch_head = job;
+    ob->batch_tail = job;
+    ob->batch_n++;
+    if (!ob->flush_armed) {
+        ob->flush_armed = 1;
+        uv_check_start(&ob->flush_check, outbox_on_flush_check);
+        uv_prepare_start(&ob->flush_prepare, outbox_on_flush_prepare);
+    }
 }
 
 /* ---- spool path ----------------------------------------------------------------------------- */
@@ -241,8 +470,10 @@ int outbox_submit(struct outbox *ob, const char *delivery, const char *payload, 
     job->data = data;
     job->t0_ns = clock_mono_ns();
     job->rec = outbox_record(delivery, payload, len, &job->rec_len);
-    if (!ob->closing && spool_empty(ob->spool) && redis_is_up(ob->redis) &&
-        outbox_eval(ob, job->rec, job->rec_len, outbox_on_direct_reply, job) == 0) {
+    /* Behind a batch that is not flushed yet, a job waits in it whatever its route, so the
+     * flush keeps acceptance order. */
+    if (!ob->closing && (ob->batch_head || (spool_empty(ob->spool) && redis_is_up(ob->redis)))) {
+        outbox_batch_add(ob, job);
         ob->in_flight++;
         return 0;
     }
@@ -261,10 +492,14 @@ int outbox_submit(struct outbox *ob, const char *delivery, const char *payload, 
 static void outbox_on_drain_reply(struct redis *r, redisReply *reply, void *data)
 {
     struct outbox *ob = data;
+    size_t n = ob->drain_busy;
     ob->drain_busy = 0;
-    const char *why = NULL;
-    int res = outbox_reply_result(reply, &why);
-    if (res < 0) {
+    const char *why = NULL, *warn = NULL;
+    int res[OUTBOX_BATCH_MAX];
+    int rc = outbox_exec_results(reply, n, res, &why, &warn);
+    if (warn)
+        outbox_warn_dedupe(warn);
+    if (rc != 0) {
         if (!ob->closing && !ob->drain_warned)
             log_warn("outbox: draining the spool paused (%s); %llu record(s) left; retrying "
                      "every %u ms",
@@ -278,7 +513,8 @@ static void outbox_on_drain_reply(struct redis *r, redisReply *reply, void *data
         return;
     }
     ob->drain_warned = 0;
-    outbox_count(ob, res ? OS_DRAINED : OS_DRAINED_DUPLICATE);
+    for (size_t i = 0; i < n; i++)
+        outbox_count(ob, res[i] ? OS_DRAINED : OS_DRAINED_DUPLICATE);
     if (spool_empty(ob->spool)) {
         log_info("outbox: spool drained; pushing to Redis directly again");
         ob->redis_warned = 0;
@@ -286,30 +522,39 @@ static void outbox_on_drain_reply(struct redis *r, redisReply *reply, void *data
     outbox_drain(ob);
 }
 
-/* Push the oldest spooled record, if Redis is up and no drain push is in flight. */
+/* Push the oldest spooled records (one transaction of up to OUTBOX_BATCH_MAX), if Redis is
+ * up and no drain push is in flight. */
 static void outbox_drain(struct outbox *ob)
 {
     if (ob->drain_busy || ob->closing || !redis_is_up(ob->redis))
         return;
-    const char *rec;
-    size_t len;
+    const char *recs[OUTBOX_BATCH_MAX];
+    size_t lens[OUTBOX_BATCH_MAX];
     char err[256];
-    int rc = spool_peek(ob->spool, &rec, &len, err, sizeof err);
-    if (rc < 0)
+    int n =
+        spool_peek_n(ob->spool, OUTBOX_BATCH_MAX, OUTBOX_BATCH_BYTES, recs, lens, err, sizeof err);
+    if (n < 0)
         log_error("outbox: %s", err);
-    if (rc <= 0)
+    if (n <= 0)
         return;
-    if (outbox_eval(ob, rec, len, outbox_on_drain_reply, ob) == 0) {
-        ob->drain_busy = 1;
-        return;
+    /* A record that is not a job ends the list; alone at its head it is dropped. */
+    int good = 0;
+    for (const char *d, *p; good < n; good++) {
+        size_t dl, pl;
+        if (outbox_record_split(recs[good], lens[good], &d, &dl, &p, &pl) != 0)
+            break;
     }
-    const char *d, *p;
-    size_t dl, pl;
-    if (outbox_record_split(rec, len, &d, &dl, &p, &pl) != 0) {
-        log_error("outbox: spool record of %zu bytes is not a job; dropping it", len);
-        if (spool_pop(ob->spool, err, sizeof err) == 0)
+    if (good == 0) {
+        log_error("outbox: spool record of %zu bytes is not a job; dropping it", lens[0]);
+        if (spool_peek(ob->spool, &recs[0], &lens[0], err, sizeof err) == 1 &&
+            spool_pop(ob->spool, err, sizeof err) == 0)
             outbox_drain(ob);
+        return;
     }
+    if (good < n)
+        n = spool_peek_n(ob->spool, (size_t)good, OUTBOX_BATCH_BYTES, recs, lens, err, sizeof err);
+    if (n > 0 && outbox_send(ob, recs, lens, (size_t)n, outbox_on_drain_reply, ob) == 0)
+        ob->drain_busy = (size_t)n;
 }
 
 static void outbox_on_drain_timer(uv_timer_t *t)
@@ -368,6 +613,12 @@ static void outbox_metrics_init(struct outbox *ob, struct metrics_registry *reg)
     struct metrics_family *up =
         metrics_gauge_new(reg, "tierone_ingest_redis_up", "1 while Redis is connected.", 0);
     ob->redis_up = metrics_series_get(up);
+    struct metrics_family *tx = metrics_counter_new(
+        reg, "tierone_ingest_redis_transactions_total",
+        "Transactions sent to Redis: one per loop iteration's batch of accepted jobs (up to "
+        "128) and one per drain step; jobs divided by this is the mean batch size.",
+        0);
+    ob->transactions = metrics_series_get(tx);
     metrics_gauge_fn_new(reg, "tierone_ingest_spool_depth", "Jobs waiting in the local spool.",
                          outbox_depth_fn, ob);
     metrics_gauge_fn_new(reg, "tierone_ingest_spool_bytes", "Size of the spool file in bytes.",
@@ -415,6 +666,10 @@ struct outbox *outbox_new(uv_loop_t *loop, const struct outbox_opts *opts, char 
     ob->drain_timer.data = ob;
     uv_timer_start(&ob->drain_timer, outbox_on_drain_timer, ob->drain_interval_ms,
                    ob->drain_interval_ms);
+    uv_check_init(loop, &ob->flush_check);
+    ob->flush_check.data = ob;
+    uv_prepare_init(loop, &ob->flush_prepare);
+    ob->flush_prepare.data = ob;
     return ob;
 }
 
@@ -437,6 +692,7 @@ static void outbox_close_step(struct outbox *ob)
     free(ob->queue);
     free(ob->queues_key);
     free(ob->queue_key);
+    buf_free(&ob->keys);
     free(ob);
     if (cb)
         cb(data);
@@ -453,7 +709,7 @@ static void outbox_on_redis_closed(void *data)
     spool_close(ob->spool, outbox_on_spool_closed, ob);
 }
 
-static void outbox_on_timer_closed(uv_handle_t *h)
+static void outbox_on_handle_closed(uv_handle_t *h)
 {
     outbox_close_step(h->data);
 }
@@ -465,9 +721,13 @@ void outbox_close(struct outbox *ob, outbox_closed_cb cb, void *data)
     ob->closing = 1;
     ob->closed_cb = cb;
     ob->closed_data = data;
-    ob->closes_left = 2;
+    ob->closes_left = 4;
+    /* The batch goes to the spool (closing routes there), in order. */
+    outbox_flush(ob);
     uv_timer_stop(&ob->drain_timer);
-    uv_close((uv_handle_t *)&ob->drain_timer, outbox_on_timer_closed);
+    uv_close((uv_handle_t *)&ob->drain_timer, outbox_on_handle_closed);
+    uv_close((uv_handle_t *)&ob->flush_check, outbox_on_handle_closed);
+    uv_close((uv_handle_t *)&ob->flush_prepare, outbox_on_handle_closed);
     /* Jobs still waiting on Redis get a NULL reply now and go to the spool, which stays
      * open until Redis is closed. */
     redis_close(ob->redis, outbox_on_redis_closed, ob);

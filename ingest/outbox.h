@@ -1,23 +1,33 @@
 /* outbox: gets each accepted job into Redis exactly once, in order, or onto the local spool
  * when Redis is unreachable, and drains the spool when Redis is back.
  *
- * One delivery = one Redis round trip: a Lua script (EVALSHA, EVAL after NOSCRIPT) that
- * does `SET tierone:delivery:<id> 1 NX EX <ttl>` and, only if that set the key, `SADD queues
- * events` + `LPUSH queue:events <payload>`, returning 1 (queued) or 0 (a repeat delivery).
- * Atomic, so a repeat can never slip in between. Without a delivery id there is no dedupe.
- * (The issue asks for "SADD queues + LPUSH, pipelined": the script sends both in the same
- * round trip, and adds the dedupe check in front.)
+ * Batching: jobs submitted during one loop iteration (all the requests the HTTP server read
+ * in it) collect in a batch that is sent after the iteration's I/O callbacks (libuv check
+ * phase; or prepare phase, before the loop next waits, for jobs submitted later), as ONE
+ * Redis transaction of up to 128 jobs: `MULTI, SADD queues events, LPUSH queue:events
+ * <payload 1> ... <payload n>, [EVAL dedupe], EXEC`. The dedupe script (only when a job has a
+ * delivery id) runs right after the LPUSH, inside the transaction: it does `SET
+ * tierone:delivery:<id> 1 NX EX <ttl>` per job and takes the jobs whose key existed (a
+ * repeat within the TTL, or the same id twice in one batch) off the head of the list again,
+ * returning one result per job (queued / duplicate). Payloads never pass through Lua (Redis
+ * hashes every byte of every string a script receives). The transaction is atomic: a
+ * dedupe key exists exactly when its job was pushed; one that failed (error reply, lost
+ * connection, timeout) left neither, and every job of its batch goes to the spool in order.
+ * Without a delivery id there is no dedupe. Callbacks run from the loop, never inside
+ * outbox_submit.
  *
  * Routing, decided per job when it is submitted:
- *   - spool empty (nothing stored, nothing being written) and Redis up: run the script;
- *     if it fails (connection lost, timeout, error reply), the job goes to the spool;
+ *   - spool empty (nothing stored, nothing being written) and Redis up, or a batch is
+ *     already waiting: into the batch. When the batch is sent and Redis cannot take it
+ *     then (down, closing, or jobs were spooled meanwhile), or its transaction fails, its
+ *     jobs go to the spool, in order;
  *   - otherwise: append to the spool. Once anything is spooled, later jobs follow it into
  *     the spool until the spool has drained, so jobs reach Redis in order of acceptance.
  * A drain step runs when Redis comes up, after each spool write, and on a timer: it pushes
- * the oldest spooled record with the same script, removes it once Redis confirmed, and
- * continues until the spool is empty. A record whose push failed is retried later; a record
- * Redis executed but whose reply was lost is pushed again (at-least-once), which the dedupe
- * key turns into exactly-once for deliveries with an id.
+ * the oldest spooled records (up to 128) in one transaction of the same shape, removes them
+ * once Redis confirmed, and continues until the spool is empty. Records whose push failed
+ * are retried later; records Redis executed but whose reply was lost are pushed again
+ * (at-least-once), which the dedupe key turns into exactly-once for deliveries with an id.
  *
  * Spool record payload: u16 delivery-id length (little-endian) | delivery id | job payload.
  * The job payload (jid, created_at, enqueued_at) is built once, at acceptance. */

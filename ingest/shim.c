@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #define SHIM_PREFIX "/webhooks/"
 
@@ -21,7 +22,7 @@ enum shim_path { SP_CHATWOOT, SP_AGENT_BOT, SP_HEALTH, SP_OTHER, SP_COUNT };
 static const char *const shim_path_names[SP_COUNT] = {"chatwoot", "agent-bot", "health", "other"};
 
 /* Statuses whose request counters are looked up once; others are looked up per use. */
-static const int shim_statuses[] = {200, 202, 400, 401, 404, 405, 500, 503};
+static const int shim_statuses[] = {200, 202, 400, 401, 404, 405, 408, 411, 413, 431, 500, 503};
 #define SHIM_NSTATUS (sizeof shim_statuses / sizeof shim_statuses[0])
 
 /* Event names Chatwoot sends (APIS.md §1.2): the event label takes only these values. */
@@ -43,9 +44,13 @@ static const char *const shim_events[] = {
 };
 #define SHIM_NEVENTS (sizeof shim_events / sizeof shim_events[0])
 
+#define SHIM_RANDOM_POOL 4096 /* random bytes fetched at once for jids */
+
 struct shim {
     struct shim_opts o;
     char *token;
+    unsigned char pool[SHIM_RANDOM_POOL]; /* getrandom(2) output not yet used */
+    size_t pool_left;
     uint64_t in_flight;
     int stopping;
     struct metrics_family *requests;
@@ -281,14 +286,18 @@ void shim_job_arg(struct buf *out, const char *body, size_t body_len, const char
         buf_json_string(out, delivery, strlen(delivery));
     else
         buf_puts(out, "null");
-    if (ts)
-        buf_printf(out, ",\"timestamp\":%lld", (long long)*ts);
-    else
+    if (ts) {
+        snprintf(t, sizeof t, ",\"timestamp\":%lld", (long long)*ts);
+        buf_puts(out, t);
+    } else {
         buf_puts(out, ",\"timestamp\":null");
+    }
     buf_puts(out, ",\"path\":");
     buf_json_string(out, path, strlen(path));
     shim_format_time(t, sizeof t, received_at);
-    buf_printf(out, ",\"received_at\":%s}", t);
+    buf_puts(out, ",\"received_at\":");
+    buf_puts(out, t);
+    buf_puts(out, "}");
 }
 
 static void shim_on_submitted(enum outbox_result res, const char *error, void *data)
@@ -299,11 +308,21 @@ static void shim_on_submitted(enum outbox_result res, const char *error, void *d
     s->in_flight--;
     switch (res) {
     case OUTBOX_QUEUED:
-    case OUTBOX_SPOOLED:
-        snprintf(body, sizeof body, "{\"status\":\"%s\",\"jid\":\"%s\"}\n",
-                 res == OUTBOX_QUEUED ? "queued" : "spooled", c->jid);
+    case OUTBOX_SPOOLED: {
+        /* {"status":"queued","jid":"<jid>"}\n */
+        size_t n = 0;
+        const char *st = res == OUTBOX_QUEUED ? "{\"status\":\"queued\",\"jid\":\""
+                                              : "{\"status\":\"spooled\",\"jid\":\"";
+        memcpy(body + n, st, strlen(st));
+        n += strlen(st);
+        memcpy(body + n, c->jid, SIDEKIQ_JID_LEN);
+        n += SIDEKIQ_JID_LEN;
+        memcpy(body + n, "\"}\n", 3);
+        n += 3;
+        body[n] = '\0';
         shim_respond(s, c->req, c->path, 202, "application/json", NULL, body);
         break;
+    }
     case OUTBOX_DUPLICATE:
         shim_respond(s, c->req, c->path, 202, "application/json", NULL,
                      "{\"status\":\"duplicate\"}\n");
@@ -318,31 +337,67 @@ static void shim_on_submitted(enum outbox_result res, const char *error, void *d
     free(c);
 }
 
+/* A new jid (24 lowercase hex characters, as sidekiq_jid_new makes them) from a pool of
+ * getrandom(2) bytes, so most jobs need no system call for it. */
+static void shim_jid(struct shim *s, char jid[SIDEKIQ_JID_SIZE])
+{
+    static const char hex[] = "0123456789abcdef";
+    enum { BYTES = SIDEKIQ_JID_LEN / 2 };
+    if (s->pool_left < BYTES) {
+        size_t got = 0;
+        while (got < sizeof s->pool) {
+            ssize_t n = getrandom(s->pool + got, sizeof s->pool - got, 0);
+            if (n > 0)
+                got += (size_t)n;
+        }
+        s->pool_left = sizeof s->pool;
+    }
+    unsigned char *b = s->pool + sizeof s->pool - s->pool_left;
+    for (size_t i = 0; i < BYTES; i++) {
+        jid[2 * i] = hex[b[i] >> 4];
+        jid[2 * i + 1] = hex[b[i] & 15];
+    }
+    jid[SIDEKIQ_JID_LEN] = '\0';
+    memset(b, 0, BYTES); /* used bytes do not linger */
+    s->pool_left -= BYTES;
+}
+
+/* The job payload (see shim.h), built in one buffer: the same bytes sidekiq_payload()
+ * gives for this spec, without its second scan of the argument it did not build. */
+static char *shim_payload(struct shim *s, const struct http_request *req, enum shim_path path,
+                          const char *delivery, const int64_t *ts, double now,
+                          char jid[SIDEKIQ_JID_SIZE], size_t *len)
+{
+    char t[40];
+    struct buf b = BUF_INIT;
+    buf_reserve(&b, req->body_len + req->body_len / 8 + 400);
+    buf_puts(&b, "{\"retry\":true,\"queue\":\"" SHIM_JOB_QUEUE "\",\"class\":\"" SHIM_JOB_CLASS
+                 "\",\"args\":[");
+    shim_job_arg(&b, req->body, req->body_len, delivery, ts, shim_path_names[path], now);
+    shim_jid(s, jid);
+    buf_puts(&b, "],\"jid\":\"");
+    buf_append(&b, jid, SIDEKIQ_JID_LEN);
+    job_format_time(t, sizeof t, s->o.ts_format, now);
+    buf_puts(&b, "\",\"created_at\":");
+    buf_puts(&b, t);
+    buf_puts(&b, ",\"enqueued_at\":");
+    buf_puts(&b, t);
+    buf_puts(&b, "}");
+    *len = b.len;
+    return buf_steal(&b);
+}
+
 /* Wrap the webhook as a job and hand it to the submit function. */
 static void shim_enqueue(struct shim *s, struct http_request *req, enum shim_path path,
                          const char *delivery, const int64_t *ts)
 {
-    double now = s->o.now();
-    struct buf arg = BUF_INIT;
-    buf_puts(&arg, "[");
-    shim_job_arg(&arg, req->body, req->body_len, delivery, ts, shim_path_names[path], now);
-    buf_puts(&arg, "]");
-    struct sidekiq_job_spec spec = {
-        .klass = SHIM_JOB_CLASS, .queue = SHIM_JOB_QUEUE, .args = arg.data, .args_len = arg.len};
-    struct sidekiq_opts so = {.ts_format = s->o.ts_format};
-    struct shim_call *c = xcalloc(1, sizeof *c);
+    struct shim_call *c = xmalloc(sizeof *c);
     c->s = s;
     c->req = req;
     c->path = path;
     char err[256];
     size_t len = 0;
-    char *payload = sidekiq_payload(&spec, &so, now, c->jid, &len, err, sizeof err);
-    buf_free(&arg);
-    if (!payload) { /* cannot happen: the argument is built above */
-        free(c);
-        shim_text(s, req, path, 500, "cannot build the job: %s\n", err);
-        return;
-    }
+    char *payload = shim_payload(s, req, path, delivery, ts, s->o.now(), c->jid, &len);
     s->in_flight++;
     if (s->o.submit(s->o.submit_ud, delivery, payload, len, shim_on_submitted, c, err,
                     sizeof err) != 0) {
@@ -384,6 +439,20 @@ void shim_handle(struct http_request *req, void *ud)
     shim_enqueue(s, req, r.path, delivery, has_ts ? &ts : NULL);
 }
 
+void shim_count_error(int status, const char *path, void *ud)
+{
+    struct shim *s = ud;
+    enum shim_path p = SP_OTHER;
+    if (path) {
+        struct shim_route r = shim_route(s, path);
+        if (r.known)
+            p = r.path;
+    }
+    struct metrics_series *m = shim_req_series(s, p, status);
+    if (m)
+        metrics_inc(m);
+}
+
 /* ---- life cycle ---------------------------------------------------------------------------- */
 
 static void shim_metrics_init(struct shim *s)
@@ -392,9 +461,9 @@ static void shim_metrics_init(struct shim *s)
     if (!reg)
         return;
     s->requests = metrics_counter_new(reg, "tierone_ingest_requests_total",
-                                      "Requests answered by the shim, by path and status (errors "
-                                      "the HTTP layer answers itself, 408/411/413/431 and parse "
-                                      "errors, are not counted here).",
+                                      "Requests answered, by path and status, including the errors "
+                                      "the HTTP layer answers itself (400, 408, 411, 413, 431, and "
+                                      "503 for connections over the cap, path other).",
                                       2, "path", "status");
     s->sigfail = metrics_counter_new(reg, "tierone_ingest_signature_failures_total",
                                      "Deliveries refused with 401, by path and reason.", 2, "path",

@@ -79,6 +79,11 @@ void shim_free(struct shim *s);
 /* The http_handler_fn: ud is the shim. */
 void shim_handle(struct http_request *req, void *ud);
 
+/* The http_error_fn (http_server_opts.on_error, error_ud = the shim): counts the error
+ * answers the HTTP layer sends itself (400, 408, 411, 413, 431, 503) in
+ * tierone_ingest_requests_total, under the path they were for ("other" when unknown). */
+void shim_count_error(int status, const char *path, void *ud);
+
 /* While set, /readyz answers 503 "shutting down" (webhooks are still accepted). */
 void shim_set_stopping(struct shim *s, int stopping);
 

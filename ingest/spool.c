@@ -45,8 +45,9 @@ struct spool {
     uint64_t durable_records;
     struct spool_batch *inflight;
     struct spool_batch *next;
-    struct buf peek;     /* the record spool_peek returned */
-    uint64_t peek_total; /* its size on disk, header included; 0 = no peek */
+    struct buf peek;     /* the records the last peek returned, back to back */
+    uint64_t peek_total; /* their size on disk, headers included; 0 = no peek */
+    uint64_t peek_count; /* records the last peek returned */
     int closing;
     spool_closed_cb closed_cb;
     void *closed_data;
@@ -406,38 +407,78 @@ static void spool_drop_rest(struct spool *sp, const char *why)
     (void)spool_write_head(sp, sp->head);
 }
 
-int spool_peek(struct spool *sp, const char **rec, size_t *len, char *err, size_t errcap)
+/* Read the record at off into sp->peek (appended); its payload length to *len. 1 if read,
+ * 0 if it does not check (dropped with the rest of the file when drop is set), -1 on a read
+ * error (reason in err). */
+static int spool_read_record(struct spool *sp, uint64_t off, size_t *len, int drop, char *err,
+                             size_t errcap)
 {
-    if (sp->durable_records == 0)
-        return 0;
     unsigned char h[SPOOL_RECORD_OVERHEAD];
-    if (spool_pread_full(sp->fd, h, sizeof h, sp->head) != 0) {
+    if (spool_pread_full(sp->fd, h, sizeof h, off) != 0) {
         snprintf(err, errcap, "spool %s: read: %s", sp->path, strerror(errno));
         return -1;
     }
     uint32_t n = spool_get32(h);
-    if (n == 0 || n > SPOOL_MAX_RECORD || sp->durable_end - sp->head - sizeof h < n) {
-        spool_drop_rest(sp, "bad record length");
-        snprintf(err, errcap, "spool %s: bad record length", sp->path);
-        return -1;
+    if (n == 0 || n > SPOOL_MAX_RECORD || sp->durable_end - off - sizeof h < n) {
+        if (drop) {
+            spool_drop_rest(sp, "bad record length");
+            snprintf(err, errcap, "spool %s: bad record length", sp->path);
+        }
+        return 0;
     }
-    buf_reset(&sp->peek);
     buf_reserve(&sp->peek, n);
-    if (spool_pread_full(sp->fd, sp->peek.data, n, sp->head + sizeof h) != 0) {
+    char *data = sp->peek.data + sp->peek.len;
+    if (spool_pread_full(sp->fd, data, n, off + sizeof h) != 0) {
         snprintf(err, errcap, "spool %s: read: %s", sp->path, strerror(errno));
         return -1;
     }
-    if (spool_record_crc(h, sp->peek.data, n) != spool_get32(h + 4)) {
-        spool_drop_rest(sp, "CRC mismatch");
-        snprintf(err, errcap, "spool %s: CRC mismatch", sp->path);
-        return -1;
+    if (spool_record_crc(h, data, n) != spool_get32(h + 4)) {
+        if (drop) {
+            spool_drop_rest(sp, "CRC mismatch");
+            snprintf(err, errcap, "spool %s: CRC mismatch", sp->path);
+        }
+        return 0;
     }
-    sp->peek.len = n;
-    sp->peek.data[n] = '\0';
-    sp->peek_total = sizeof h + (uint64_t)n;
-    *rec = sp->peek.data;
+    sp->peek.len += n;
+    sp->peek.data[sp->peek.len] = '\0';
     *len = n;
     return 1;
+}
+
+int spool_peek_n(struct spool *sp, size_t max, size_t max_bytes, const char **recs, size_t *lens,
+                 char *err, size_t errcap)
+{
+    size_t k = 0, off[SPOOL_PEEK_MAX];
+    uint64_t pos = sp->head;
+    sp->peek_total = 0;
+    sp->peek_count = 0;
+    buf_reset(&sp->peek);
+    if (max > SPOOL_PEEK_MAX)
+        max = SPOOL_PEEK_MAX;
+    while (k < max && k < sp->durable_records && (k == 0 || sp->peek.len < max_bytes)) {
+        size_t at = sp->peek.len, n = 0;
+        /* A problem with the first record is reported (and a bad one dropped); one further
+         * on ends this peek and is met as the first record of a later one. */
+        int rc = spool_read_record(sp, pos, &n, k == 0, err, errcap);
+        if (rc <= 0) {
+            if (k == 0)
+                return -1;
+            break;
+        }
+        off[k] = at;
+        lens[k++] = n;
+        pos += SPOOL_RECORD_OVERHEAD + (uint64_t)n;
+    }
+    for (size_t i = 0; i < k; i++)
+        recs[i] = sp->peek.data + off[i];
+    sp->peek_total = pos - sp->head;
+    sp->peek_count = k;
+    return (int)k;
+}
+
+int spool_peek(struct spool *sp, const char **rec, size_t *len, char *err, size_t errcap)
+{
+    return spool_peek_n(sp, 1, 0, rec, len, err, errcap);
 }
 
 /* Everything removed and nothing being written: cut the file back to its header. The cut
@@ -458,7 +499,7 @@ static void spool_compact(struct spool *sp)
 
 int spool_pop(struct spool *sp, char *err, size_t errcap)
 {
-    if (!sp->peek_total || sp->durable_records == 0) {
+    if (!sp->peek_total || sp->durable_records < sp->peek_count) {
         snprintf(err, errcap, "spool_pop without a record");
         return -1;
     }
@@ -468,8 +509,9 @@ int spool_pop(struct spool *sp, char *err, size_t errcap)
         return -1;
     }
     sp->head = head;
-    sp->durable_records--;
+    sp->durable_records -= sp->peek_count;
     sp->peek_total = 0;
+    sp->peek_count = 0;
     spool_compact(sp);
     return 0;
 }

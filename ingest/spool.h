@@ -70,9 +70,19 @@ int spool_append(struct spool *sp, const void *rec, size_t len, spool_append_cb 
  * with a log line). */
 int spool_peek(struct spool *sp, const char **rec, size_t *len, char *err, size_t errcap);
 
-/* Remove the record spool_peek returned (must be called only after a successful peek).
- * Returns 0, or -1 with a reason in err when the head could not be written (the record
- * then stays and will be returned again). */
+#define SPOOL_PEEK_MAX 256 /* records one spool_peek_n returns at most */
+
+/* The oldest durable records, in order: at most max (<= SPOOL_PEEK_MAX) and, after the
+ * first, no more once max_bytes of payload are collected. Returns how many (recs[i] /
+ * lens[i] as for spool_peek, valid until the next spool call), 0 when there are none, or
+ * -1 as spool_peek for a problem with the first record; a record further on that cannot be
+ * read ends the list early and is met as the first of a later peek. */
+int spool_peek_n(struct spool *sp, size_t max, size_t max_bytes, const char **recs, size_t *lens,
+                 char *err, size_t errcap);
+
+/* Remove the records the last spool_peek / spool_peek_n returned (only after a successful
+ * peek). Returns 0, or -1 with a reason in err when the head could not be written (the
+ * records then stay and will be returned again). */
 int spool_pop(struct spool *sp, char *err, size_t errcap);
 
 /* Records in the spool: durable ones not yet removed plus appends still being written. */

@@ -130,9 +130,11 @@ struct http_write {
 
 static void conn_drive(struct http_conn *c);
 static void conn_close(struct http_conn *c);
+static void server_note_error(struct http_server *s, int status, const char *path);
 static void conn_finish(struct http_conn *c);
 static void conn_fail(struct http_conn *c, int status);
 static void conn_write(struct http_conn *c, struct buf *out);
+static void conn_write_bytes(struct http_conn *c, const char *data, size_t len);
 static void conn_update_reading(struct http_conn *c);
 static void conn_arm_timer(struct http_conn *c, uint64_t ms);
 static void server_check_done(struct http_server *s);
@@ -408,6 +410,7 @@ static void conn_fail(struct http_conn *c, int status)
         if (msgs[i].status == status)
             body = msgs[i].body;
     log_debug("%s %s: rejecting request with %d", c->srv->name, c->peer, status);
+    server_note_error(c->srv, status, c->cur ? c->cur->path : NULL);
     req_free(c->cur);
     c->cur = NULL;
     c->complete = 0;
@@ -456,6 +459,7 @@ static int on_message_begin(http_parser *p)
     struct http_conn *c = p->data;
     req_free(c->cur);
     c->cur = req_new(c);
+    buf_reserve(&c->cur->raw, 512); /* a typical request line and headers, in one go */
     c->phase = RP_URL;
     c->n_headers = 0;
     c->hdr_bytes = 0;
@@ -518,6 +522,8 @@ static int on_headers_complete(http_parser *p)
         c->error_status = 413;
         return -1;
     }
+    if (p->flags & F_CONTENTLENGTH)
+        buf_reserve(&c->cur->body, (size_t)p->content_length); /* <= max_body_bytes */
     const char *expect = http_request_header(&c->cur->pub, "Expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && p->http_major == 1 &&
         p->http_minor >= 1 && has_length) {
@@ -574,6 +580,26 @@ static const char *http_reason(int status)
     return strcmp(s, "<unknown>") == 0 ? "Unknown" : s;
 }
 
+static char *http_put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/* Decimal digits of v at p; returns the end. */
+static char *http_put_u64(char *p, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
 void http_respond(struct http_request *req, int status, const char *content_type,
                   const char *extra_headers, const char *body, size_t body_len)
 {
@@ -585,21 +611,40 @@ void http_respond(struct http_request *req, int status, const char *content_type
     if (status < 100 || status > 999)
         status = 500;
     int keep = r->keep_alive && !c->srv->draining;
-    struct buf o = BUF_INIT;
-    buf_printf(&o, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
-    if (content_type)
-        buf_printf(&o, "Content-Type: %s\r\n", content_type);
-    buf_printf(&o, "Content-Length: %zu\r\n", body_len);
+    /* Formatted by hand into one buffer (on the stack when it fits): this runs for every
+     * request. */
+    const char *reason = http_reason(status);
+    size_t ct_len = content_type ? strlen(content_type) : 0;
+    size_t ex_len = extra_headers ? strlen(extra_headers) : 0;
+    size_t send_len = !r->is_head ? body_len : 0;
+    size_t cap = 128 + strlen(reason) + ct_len + ex_len + send_len;
+    char stack[2048];
+    char *o = cap <= sizeof stack ? stack : xmalloc(cap);
+    char *p = http_put(o, "HTTP/1.1 ", 9);
+    p = http_put_u64(p, (uint64_t)status);
+    *p++ = ' ';
+    p = http_put(p, reason, strlen(reason));
+    p = http_put(p, "\r\n", 2);
+    if (content_type) {
+        p = http_put(p, "Content-Type: ", 14);
+        p = http_put(p, content_type, ct_len);
+        p = http_put(p, "\r\n", 2);
+    }
+    p = http_put(p, "Content-Length: ", 16);
+    p = http_put_u64(p, body_len);
+    p = http_put(p, "\r\n", 2);
     if (!keep)
-        buf_puts(&o, "Connection: close\r\n");
+        p = http_put(p, "Connection: close\r\n", 19);
     else if (r->pub.http_minor == 0)
-        buf_puts(&o, "Connection: keep-alive\r\n");
-    if (extra_headers)
-        buf_puts(&o, extra_headers);
-    buf_puts(&o, "\r\n");
-    if (!r->is_head && body_len)
-        buf_append(&o, body, body_len);
-    conn_write(c, &o);
+        p = http_put(p, "Connection: keep-alive\r\n", 24);
+    if (ex_len)
+        p = http_put(p, extra_headers, ex_len);
+    p = http_put(p, "\r\n", 2);
+    if (send_len)
+        p = http_put(p, body, send_len);
+    conn_write_bytes(c, o, (size_t)(p - o));
+    if (o != stack)
+        free(o);
     c->served = 1;
     if (c->state == CS_CLOSED) /* the write failed */
         goto out;
@@ -706,17 +751,35 @@ static void after_write(uv_write_t *req, int status)
     }
 }
 
-/* Send the bytes in out (taken over; out is left empty). */
-static void conn_write(struct http_conn *c, struct buf *out)
+/* Send len bytes from data (copied if they cannot all be written at once). */
+static void conn_write_bytes(struct http_conn *c, const char *data, size_t len)
 {
     if (!c->has_uv) {
-        buf_append(&c->srv->session_out, out->data, out->len);
-        buf_free(out);
+        buf_append(&c->srv->session_out, data, len);
         return;
     }
+    if (c->state == CS_CLOSED || len == 0)
+        return;
+    /* Most responses fit the socket buffer: write them now, without a queued request. */
+    if (c->write_pending == 0) {
+        uv_buf_t ub = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
+        if (n < 0 && n != UV_EAGAIN) {
+            log_debug("%s %s: write: %s", c->srv->name, c->peer, uv_strerror(n));
+            conn_close(c);
+            return;
+        }
+        if (n > 0) {
+            data += n;
+            len -= (size_t)n;
+        }
+        if (len == 0)
+            return;
+    }
     struct http_write *w = xmalloc(sizeof *w);
-    w->len = out->len;
-    w->data = buf_steal(out);
+    w->len = len;
+    w->data = xmalloc(len);
+    memcpy(w->data, data, len);
     uv_buf_t ub = uv_buf_init(w->data, (unsigned)w->len);
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, after_write);
     if (rc) {
@@ -726,6 +789,13 @@ static void conn_write(struct http_conn *c, struct buf *out)
         return;
     }
     c->write_pending += w->len;
+}
+
+/* Send the bytes in out (freed; out is left empty). */
+static void conn_write(struct http_conn *c, struct buf *out)
+{
+    conn_write_bytes(c, out->data ? out->data : "", out->len);
+    buf_free(out);
 }
 
 static void after_shutdown(uv_shutdown_t *req, int status)
@@ -866,6 +936,15 @@ static void server_reject(struct http_server *s)
     }
     uv_close((uv_handle_t *)t, on_reject_close);
     s->stats.connections_rejected++;
+    server_note_error(s, 503, NULL);
+}
+
+/* Count an error answer the server sent itself and tell the caller's hook. */
+static void server_note_error(struct http_server *s, int status, const char *path)
+{
+    s->stats.errors_total++;
+    if (s->opts.on_error)
+        s->opts.on_error(status, path, s->opts.error_ud);
 }
 
 static void on_connection(uv_stream_t *listener, int status)

@@ -10,7 +10,8 @@
  *  - limits: connections (excess ones get a best-effort 503 and are closed at once), header
  *    bytes (431), body bytes (413), POST/PUT without a length (411), parse errors (400),
  *    header / body timeouts (408), idle keep-alive timeout (silent close). Every error
- *    response closes the connection.
+ *    response closes the connection; the optional on_error hook hears of each (so a
+ *    caller's per-status metrics can count what its handler never saw).
  *  - memory per connection is bounded: unparsed input <= max(max_header_bytes, 8 KiB)
  *    (it only accumulates while a pipelined request waits for the one before), header storage
  *    <= max_header_bytes, body <= max_body_bytes; parsing stops while more than 64 KiB of
@@ -54,6 +55,13 @@
 
 struct http_server;
 
+/* Called when the server answers on its own instead of handing a request to the handler:
+ * status is 400, 408, 411, 413 or 431 (the connection is then closed) or 503 (a connection
+ * over max_connections, closed at once). path is the request's path (without query) when
+ * its headers had been received, else NULL; valid only during the call. Must not call
+ * back into the server. */
+typedef void (*http_error_fn)(int status, const char *path, void *ud);
+
 /* Numeric fields left 0 take the default. */
 struct http_server_opts {
     const char *host;           /* "127.0.0.1", "0.0.0.0", "::" ...; default "127.0.0.1" */
@@ -65,6 +73,8 @@ struct http_server_opts {
     uint32_t body_timeout_ms;   /* end of headers to end of body; default 30000 */
     uint32_t idle_timeout_ms;   /* keep-alive wait for the next request; default 60000 */
     const char *name;           /* for log lines, e.g. "admin"; default "http" */
+    http_error_fn on_error;     /* optional: told about every error answer the server sends */
+    void *error_ud;             /* passed to on_error */
 };
 
 /* One header as received (names keep their case; values are trimmed of surrounding blanks).
@@ -99,6 +109,7 @@ struct http_server_stats {
     uint64_t connections_current;  /* open client connections */
     uint64_t requests_total;       /* requests handed to the handler */
     uint64_t connections_rejected; /* refused by max_connections */
+    uint64_t errors_total;         /* error answers the server sent itself (see http_error_fn) */
 };
 
 /* Fill opts with the defaults listed above. */

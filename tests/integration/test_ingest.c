@@ -210,9 +210,19 @@ static void shim_start_ex(struct shim_proc *p, const char *redis_url, rlim_t fsi
     cr_assert_fail("tierone-ingest did not start:\n%s", slurp(p->log));
 }
 
+static int metrics_has(int port, const char *needle);
+
+/* Start a shim on the test Redis and wait until it is connected to it, so that a delivery
+ * posted next goes straight to Redis (not to the spool while the connection is still being
+ * set up). */
 static void shim_start(struct shim_proc *p, const char *const *extra)
 {
     shim_start_ex(p, test_redis_url(REDISDB), 0, extra);
+    uint64_t deadline = now_ms() + 15000;
+    while (!metrics_has(p->port, "\ntierone_ingest_redis_up 1\n")) {
+        cr_assert_lt(now_ms(), deadline, "tierone-ingest did not connect to Redis");
+        usleep(5000);
+    }
 }
 
 /* Wait for the process; returns its exit status (128+sig if signalled). */
@@ -673,6 +683,109 @@ Test(ingest, keep_alive_and_pipelining)
     shim_stop(&p);
 }
 
+/* Several connections, each with requests pipelined in one write: the shim batches what
+ * arrives together into one Redis transaction. Every request is answered in order on its
+ * connection, each delivery id is queued once (across connections, and when a connection
+ * repeats one), and each connection's jobs keep their order in the queue. */
+Test(ingest, pipelined_requests_on_several_connections_are_queued_once_in_order)
+{
+    enum { NC = 4, NR = 4 };
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    struct conn *c[NC];
+    char ids[NC][NR][32];
+    for (int k = 0; k < NC; k++) {
+        c[k] = conn_open(p.port);
+        struct buf all = BUF_INIT;
+        for (int j = 0; j < NR; j++) {
+            snprintf(ids[k][j], sizeof ids[k][j], "m-%d-%d", k, j);
+            if (j == 1 && k <= 1)
+                snprintf(ids[k][j], sizeof ids[k][j], "shared"); /* on two connections */
+            if (k == 2 && j == 2)
+                snprintf(ids[k][j], sizeof ids[k][j], "m-2-0"); /* repeated on its own */
+            char body[64];
+            snprintf(body, sizeof body, "{\"event\":\"message_created\",\"n\":\"%d-%d\"}", k, j);
+            char *req = signed_req("/webhooks/chatwoot", body, strlen(body), SECRET,
+                                   (long)time(NULL), ids[k][j], "");
+            buf_puts(&all, req);
+            free(req);
+        }
+        conn_send(c[k], all.data, all.len);
+        buf_free(&all);
+    }
+    int queued_shared = 0, dups = 0;
+    char jids[NC][NR][32];
+    for (int k = 0; k < NC; k++) {
+        for (int j = 0; j < NR; j++) {
+            struct resp r;
+            conn_read(c[k], &r);
+            cr_assert_eq(r.status, 202, "%d-%d: %s", k, j, r.body);
+            jids[k][j][0] = '\0';
+            if (strstr(r.body, "\"duplicate\"")) {
+                dups++;
+                cr_assert(strcmp(ids[k][j], "shared") == 0 || (k == 2 && j == 2), "%d-%d", k, j);
+                continue;
+            }
+            cr_assert(strstr(r.body, "\"queued\""), "%d-%d: %s", k, j, r.body);
+            resp_jid(&r, jids[k][j]);
+            queued_shared += strcmp(ids[k][j], "shared") == 0;
+        }
+        conn_close(c[k]);
+    }
+    cr_assert_eq(dups, 2);
+    cr_assert_eq(queued_shared, 1);
+    long long n = llen();
+    cr_assert_eq(n, NC * NR - 2);
+    /* Oldest first: every delivery once, each connection's jobs in its order. */
+    int next[NC] = {0};
+    int seen_shared = 0;
+    for (long long i = n - 1; i >= 0; i--) {
+        json_t *job = job_at((long)i, NULL);
+        json_t *a = json_array_get(json_object_get(job, "args"), 0);
+        const char *d = json_string_value(json_object_get(a, "delivery"));
+        const char *jid = json_string_value(json_object_get(job, "jid"));
+        int found = 0;
+        for (int k = 0; k < NC && !found; k++) {
+            while (next[k] < NR && !jids[k][next[k]][0])
+                next[k]++; /* answered "duplicate": not in the queue */
+            if (next[k] < NR && strcmp(jids[k][next[k]], jid) == 0) {
+                cr_assert_str_eq(d, ids[k][next[k]]);
+                seen_shared += strcmp(d, "shared") == 0;
+                next[k]++;
+                found = 1;
+            }
+        }
+        cr_assert(found, "job %s (%s) is not the next one of any connection", jid, d);
+        json_decref(job);
+    }
+    cr_assert_eq(seen_shared, 1);
+    shim_stop(&p);
+}
+
+/* Errors the HTTP layer answers itself reach the per-path, per-status request counter. */
+Test(ingest, http_layer_errors_are_counted_by_path_and_status)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    struct resp r;
+    const char *big =
+        "POST /webhooks/chatwoot HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n";
+    roundtrip(p.port, big, strlen(big), &r);
+    cr_assert_eq(r.status, 413);
+    const char *nolen = "POST /webhooks/agent-bot HTTP/1.1\r\nHost: t\r\n\r\n";
+    roundtrip(p.port, nolen, strlen(nolen), &r);
+    cr_assert_eq(r.status, 411);
+    roundtrip(p.port, "BAD\r\n\r\n", 7, &r);
+    cr_assert_eq(r.status, 400);
+    cr_assert(
+        metrics_has(p.port, "tierone_ingest_requests_total{path=\"chatwoot\",status=\"413\"} 1\n"));
+    cr_assert(metrics_has(p.port,
+                          "tierone_ingest_requests_total{path=\"agent-bot\",status=\"411\"} 1\n"));
+    cr_assert(
+        metrics_has(p.port, "tierone_ingest_requests_total{path=\"other\",status=\"400\"} 1\n"));
+    shim_stop(&p);
+}
+
 Test(ingest, chunked_body_is_decoded_and_verified)
 {
     struct shim_proc p;
@@ -926,4 +1039,262 @@ Test(ingest_arg, received_at_matches_ruby_float_format)
         cr_assert_eq(got[strlen(want)], '}', "%s vs %s", got, want);
         buf_free(&b);
     }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The outbox in process: what one loop iteration's batch does in Redis */
+
+struct ob_slot {
+    int done;
+    enum outbox_result res;
+    int *count;
+};
+
+static void ob_on_result(enum outbox_result res, const char *error, void *data)
+{
+    struct ob_slot *s = data;
+    (void)error;
+    cr_assert_not(s->done, "callback ran twice");
+    s->done = 1;
+    s->res = res;
+    (*s->count)++;
+}
+
+struct ob_env {
+    uv_loop_t loop;
+    struct metrics_registry *reg;
+    struct outbox *ob;
+    int closed;
+};
+
+static void ob_on_closed(void *data)
+{
+    ((struct ob_env *)data)->closed = 1;
+}
+
+/* Run the loop until *flag reaches want, with a deadline. */
+static void ob_run_until(struct ob_env *e, const int *flag, int want, const char *what)
+{
+    uint64_t deadline = now_ms() + 15000;
+    while (*flag < want) {
+        cr_assert_lt(now_ms(), deadline, "timed out waiting for %s", what);
+        uv_run(&e->loop, UV_RUN_ONCE);
+    }
+}
+
+static void ob_open(struct ob_env *e)
+{
+    memset(e, 0, sizeof *e);
+    cr_assert_eq(uv_loop_init(&e->loop), 0);
+    e->reg = metrics_registry_new();
+    struct outbox_opts o = {
+        .redis_url = test_redis_url(REDISDB),
+        .spool_path = spool,
+        .drain_interval_ms = 20,
+        .metrics = e->reg,
+    };
+    char err[256];
+    e->ob = outbox_new(&e->loop, &o, err, sizeof err);
+    cr_assert_not_null(e->ob, "%s", err);
+    uint64_t deadline = now_ms() + 15000;
+    while (!outbox_redis_up(e->ob)) {
+        cr_assert_lt(now_ms(), deadline, "Redis did not come up");
+        uv_run(&e->loop, UV_RUN_ONCE);
+    }
+}
+
+static void ob_close(struct ob_env *e)
+{
+    outbox_close(e->ob, ob_on_closed, e);
+    ob_run_until(e, &e->closed, 1, "the outbox to close");
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&e->loop), 0);
+    metrics_registry_free(e->reg);
+}
+
+/* Value of a metrics line (exact series text), or -1 when absent. */
+static double ob_metric(struct ob_env *e, const char *series)
+{
+    struct buf b = BUF_INIT;
+    metrics_render(e->reg, &b);
+    double v = -1;
+    char *line = b.data;
+    while (line && *line) {
+        char *nl = strchr(line, '\n');
+        if (strncmp(line, series, strlen(series)) == 0 && line[strlen(series)] == ' ')
+            v = strtod(line + strlen(series) + 1, NULL);
+        line = nl ? nl + 1 : NULL;
+    }
+    buf_free(&b);
+    return v;
+}
+
+/* queue:events from oldest to newest, as delivery ids ("-" for none) joined by spaces. */
+static char *queue_deliveries(void)
+{
+    redisReply *r = test_redis_cmd(rc, "LRANGE queue:events 0 -1");
+    cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
+    struct buf b = BUF_INIT;
+    for (size_t i = r->elements; i-- > 0;) {
+        json_error_t e;
+        json_t *j = json_loads(r->element[i]->str, 0, &e);
+        cr_assert_not_null(j, "not JSON: %s", r->element[i]->str);
+        const char *d = json_string_value(json_object_get(j, "d"));
+        buf_printf(&b, "%s%s", b.len ? " " : "", d ? d : "-");
+        json_decref(j);
+    }
+    freeReplyObject(r);
+    buf_puts(&b, "");
+    return buf_steal(&b);
+}
+
+struct ob_case {
+    const char *delivery; /* NULL = none */
+    enum outbox_result want;
+};
+
+/* Submit the cases in a row (one loop iteration: one batch); payloads {"d":"<id>"}. */
+static void ob_submit_all(struct ob_env *e, const struct ob_case *cases, size_t n,
+                          struct ob_slot *slots, int *count)
+{
+    for (size_t i = 0; i < n; i++) {
+        char payload[128], err[256];
+        snprintf(payload, sizeof payload, "{\"d\":\"%s\",\"i\":%zu}",
+                 cases[i].delivery ? cases[i].delivery : "-", i);
+        slots[i] = (struct ob_slot){.count = count};
+        cr_assert_eq(outbox_submit(e->ob, cases[i].delivery, payload, strlen(payload), ob_on_result,
+                                   &slots[i], err, sizeof err),
+                     0, "%s", err);
+        cr_assert_not(slots[i].done, "a callback ran inside outbox_submit");
+    }
+}
+
+Test(outbox, one_iteration_is_one_transaction_in_order_with_dedupe, .init = setup, .fini = teardown)
+{
+    freeReplyObject(test_redis_cmd(rc, "SET " OUTBOX_DEDUPE_PREFIX "seen 1 EX 60"));
+    struct ob_env e;
+    ob_open(&e);
+    double tx0 = ob_metric(&e, "tierone_ingest_redis_transactions_total");
+    const struct ob_case cases[] = {
+        {"a", OUTBOX_QUEUED},       {NULL, OUTBOX_QUEUED}, {"b", OUTBOX_QUEUED},
+        {"a", OUTBOX_DUPLICATE},    /* the same id twice in one batch */
+        {"seen", OUTBOX_DUPLICATE}, /* already delivered */
+        {NULL, OUTBOX_QUEUED},      {"c", OUTBOX_QUEUED},  {"b", OUTBOX_DUPLICATE},
+        {"d", OUTBOX_QUEUED},       {"e", OUTBOX_QUEUED},  {"d", OUTBOX_DUPLICATE},
+        {"f", OUTBOX_QUEUED},
+    };
+    size_t n = sizeof cases / sizeof cases[0];
+    struct ob_slot slots[sizeof cases / sizeof cases[0]];
+    int count = 0;
+    ob_submit_all(&e, cases, n, slots, &count);
+    ob_run_until(&e, &count, (int)n, "the batch");
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(slots[i].res, cases[i].want, "job %zu (%s): %d", i,
+                     cases[i].delivery ? cases[i].delivery : "-", slots[i].res);
+    char *q = queue_deliveries();
+    cr_assert_str_eq(q, "a - b - c d e f");
+    free(q);
+    cr_assert_eq(ob_metric(&e, "tierone_ingest_redis_transactions_total") - tx0, 1,
+                 "one loop iteration's jobs go to Redis in one transaction");
+    cr_assert_eq(ob_metric(&e, "tierone_ingest_jobs_total{result=\"queued\"}"), 8);
+    cr_assert_eq(ob_metric(&e, "tierone_ingest_jobs_total{result=\"duplicate\"}"), 4);
+    const char *ids[] = {"a", "b", "c", "d", "e", "f"};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        long long ttl = test_redis_int(rc, "TTL " OUTBOX_DEDUPE_PREFIX "%s", ids[i]);
+        cr_assert(ttl > 86000 && ttl <= 86400, "%s: ttl %lld", ids[i], ttl);
+    }
+    cr_assert_eq(test_redis_int(rc, "SISMEMBER queues events"), 1);
+
+    /* A second batch: repeats of the first are recognised, new ids are queued. */
+    const struct ob_case again[] = {
+        {"a", OUTBOX_DUPLICATE}, {"g", OUTBOX_QUEUED}, {"f", OUTBOX_DUPLICATE}};
+    struct ob_slot slots2[3];
+    count = 0;
+    ob_submit_all(&e, again, 3, slots2, &count);
+    ob_run_until(&e, &count, 3, "the second batch");
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(slots2[i].res, again[i].want, "job %zu", i);
+    q = queue_deliveries();
+    cr_assert_str_eq(q, "a - b - c d e f g");
+    free(q);
+    ob_close(&e);
+}
+
+Test(outbox, a_failed_transaction_spools_the_whole_batch_and_leaves_no_dedupe_key, .init = setup,
+     .fini = teardown)
+{
+    /* The push fails inside the transaction (WRONGTYPE): nothing of the batch may stay in
+     * Redis, in particular no dedupe key, or the retry from the spool would be taken for a
+     * repeat and the job lost. */
+    freeReplyObject(test_redis_cmd(rc, "SET queue:events not-a-list"));
+    freeReplyObject(test_redis_cmd(rc, "SET " OUTBOX_DEDUPE_PREFIX "old 1 EX 60"));
+    struct ob_env e;
+    ob_open(&e);
+    const struct ob_case cases[] = {
+        {"x1", OUTBOX_SPOOLED}, {"x2", OUTBOX_SPOOLED},  {"x1", OUTBOX_SPOOLED},
+        {NULL, OUTBOX_SPOOLED}, {"old", OUTBOX_SPOOLED}, {"x3", OUTBOX_SPOOLED},
+    };
+    size_t n = sizeof cases / sizeof cases[0];
+    struct ob_slot slots[sizeof cases / sizeof cases[0]];
+    int count = 0;
+    ob_submit_all(&e, cases, n, slots, &count);
+    ob_run_until(&e, &count, (int)n, "the batch");
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(slots[i].res, OUTBOX_SPOOLED, "job %zu: %d", i, slots[i].res);
+    cr_assert_eq(outbox_spool_depth(e.ob), n);
+    /* Drain attempts keep failing the same way meanwhile: still no key, nothing pushed. */
+    for (int i = 0; i < 5; i++)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    const char *ids[] = {"x1", "x2", "x3"};
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_eq(test_redis_int(rc, "EXISTS " OUTBOX_DEDUPE_PREFIX "%s", ids[i]), 0, "%s",
+                     ids[i]);
+    char *v = test_redis_str(rc, "GET queue:events");
+    cr_assert_str_eq(v, "not-a-list");
+    free(v);
+
+    /* Redis is fixed: the spool drains in order, each delivery id once. */
+    freeReplyObject(test_redis_cmd(rc, "DEL queue:events"));
+    uint64_t deadline = now_ms() + 15000;
+    while (outbox_spool_depth(e.ob) > 0) {
+        cr_assert_lt(now_ms(), deadline, "the spool did not drain");
+        uv_run(&e.loop, UV_RUN_ONCE);
+    }
+    char *q = queue_deliveries();
+    cr_assert_str_eq(q, "x1 x2 - x3");
+    free(q);
+    cr_assert_eq(ob_metric(&e, "tierone_ingest_jobs_total{result=\"drained\"}"), 4);
+    cr_assert_eq(ob_metric(&e, "tierone_ingest_jobs_total{result=\"drained_duplicate\"}"), 2);
+    ob_close(&e);
+}
+
+Test(outbox, closing_spools_a_batch_not_sent_yet, .init = setup, .fini = teardown)
+{
+    struct ob_env e;
+    ob_open(&e);
+    const struct ob_case cases[] = {{"k1", OUTBOX_SPOOLED}, {NULL, OUTBOX_SPOOLED}};
+    struct ob_slot slots[2];
+    int count = 0;
+    ob_submit_all(&e, cases, 2, slots, &count);
+    outbox_close(e.ob, ob_on_closed, &e); /* before the loop ran: the batch is not sent */
+    ob_run_until(&e, &e.closed, 1, "the outbox to close");
+    cr_assert_eq(count, 2);
+    for (size_t i = 0; i < 2; i++)
+        cr_assert_eq(slots[i].res, OUTBOX_SPOOLED, "job %zu: %d", i, slots[i].res);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&e.loop), 0);
+    metrics_registry_free(e.reg);
+    cr_assert_eq(llen(), 0);
+
+    /* The next outbox on the same spool drains them. */
+    ob_open(&e);
+    uint64_t deadline = now_ms() + 15000;
+    while (outbox_spool_depth(e.ob) > 0) {
+        cr_assert_lt(now_ms(), deadline, "the spool did not drain");
+        uv_run(&e.loop, UV_RUN_ONCE);
+    }
+    char *q = queue_deliveries();
+    cr_assert_str_eq(q, "k1 -");
+    free(q);
+    ob_close(&e);
 }

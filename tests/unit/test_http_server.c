@@ -490,6 +490,7 @@ Test(http_server, error_statuses)
     test_opts(&o);
     harness_run(&h, &o, client_errors);
     cr_assert_eq(h.final.requests_total, 0);
+    cr_assert_eq(h.final.errors_total, 8, "every error answer is counted");
 }
 
 static void client_slowloris(struct harness *h)
@@ -646,6 +647,7 @@ Test(http_server, connection_cap)
     o.max_connections = 2;
     harness_run(&h, &o, client_conn_cap);
     cr_assert_geq(h.final.connections_rejected, 1);
+    cr_assert_eq(h.final.errors_total, h.final.connections_rejected, "each 503 is counted");
     cr_assert_eq(h.final.connections_current, 0);
 }
 
@@ -1054,5 +1056,71 @@ Test(http_session, upgrade_answered_then_closed)
     cr_assert_eq(count, 1);
     cr_assert(http_session_closed(s));
     cr_assert(strstr(http_session_output(s)->data, "\r\nConnection: close\r\n") != NULL);
+    http_session_free(s);
+}
+
+/* The on_error hook hears of every error answer, with the path when it was received. */
+static struct {
+    int status[8];
+    char path[8][32];
+    int n;
+} errs;
+
+static void note_error(int status, const char *path, void *ud)
+{
+    cr_assert_eq(ud, &errs);
+    cr_assert_lt(errs.n, 8);
+    errs.status[errs.n] = status;
+    snprintf(errs.path[errs.n], sizeof errs.path[0], "%s", path ? path : "(none)");
+    errs.n++;
+}
+
+static void error_case(const char *input, int expire, int status, const char *path)
+{
+    struct http_server_opts o;
+    test_opts(&o);
+    o.on_error = note_error;
+    o.error_ud = &errs;
+    int count = 0;
+    memset(&errs, 0, sizeof errs);
+    struct http_session *s = http_session_new(&o, session_handler, &count);
+    feed_str(s, input);
+    if (expire)
+        http_session_expire(s);
+    cr_assert(http_session_closed(s), "%s", input);
+    char want[32];
+    snprintf(want, sizeof want, "HTTP/1.1 %d ", status);
+    cr_assert(strncmp(http_session_output(s)->data, want, strlen(want)) == 0, "%s",
+              http_session_output(s)->data);
+    cr_assert_eq(errs.n, 1, "%s: %d calls", input, errs.n);
+    cr_assert_eq(errs.status[0], status);
+    cr_assert_str_eq(errs.path[0], path);
+    cr_assert_eq(count, 0, "the handler never saw it");
+    http_session_free(s);
+}
+
+Test(http_session, error_hook_sees_every_error_answer)
+{
+    error_case("GARBAGE\r\n\r\n", 0, 400, "(none)");
+    error_case("GET /slow HTTP/1.1\r\nX-A", 1, 408, "(none)");
+    error_case("POST /in?x=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 1, 408, "/in");
+    error_case("POST /nolen HTTP/1.1\r\nHost: x\r\n\r\n", 0, 411, "/nolen");
+    error_case("POST /big HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 0, 413, "/big");
+    char hdr[2000];
+    int n = snprintf(hdr, sizeof hdr, "GET /hdr HTTP/1.1\r\nX-Big: ");
+    memset(hdr + n, 'x', 1500);
+    strcpy(hdr + n + 1500, "\r\n\r\n");
+    error_case(hdr, 0, 431, "(none)");
+    /* A request the handler answers is not an error of the server's. */
+    struct http_server_opts o;
+    test_opts(&o);
+    o.on_error = note_error;
+    o.error_ud = &errs;
+    int count = 0;
+    memset(&errs, 0, sizeof errs);
+    struct http_session *s = http_session_new(&o, session_handler, &count);
+    feed_str(s, "GET /fine HTTP/1.1\r\n\r\n");
+    cr_assert_eq(count, 1);
+    cr_assert_eq(errs.n, 0);
     http_session_free(s);
 }
