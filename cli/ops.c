@@ -66,9 +66,13 @@ static int ops_parse(int argc, char **argv, struct ops_opts *o, int want_arg, co
         case 'c':
             o->klass = optarg;
             break;
-        case 'l':
-            o->limit = (size_t)strtoull(optarg, NULL, 10);
+        case 'l': {
+            char *end;
+            o->limit = (size_t)strtoull(optarg, &end, 10);
+            if (end == optarg || *end || optarg[0] == '-')
+                return ops_usage(argv[0], usage);
             break;
+        }
         case 'D':
             o->all_dead = 1;
             break;
@@ -127,6 +131,32 @@ static redisContext *ops_connect(const char *url)
     return c;
 }
 
+/* Parse the options and connect: 0 with *c set, or the exit status (usage 2, no Redis 1). */
+static int ops_open(int argc, char **argv, struct ops_opts *o, int want_arg, const char *usage,
+                    redisContext **c)
+{
+    int rc = ops_parse(argc, argv, o, want_arg, usage);
+    if (rc)
+        return rc;
+    *c = ops_connect(o->redis_url);
+    return *c ? 0 : 1;
+}
+
+/* A failed read: say why, release, exit status 1. */
+static int ops_fail(redisContext *c, const char *cmd, char *err)
+{
+    fprintf(stderr, "tierone %s: %s\n", cmd, err ? err : "failed");
+    free(err);
+    redisFree(c);
+    return 1;
+}
+
+static json_t *ops_queue_json(const struct sidekiq_queue_info *q)
+{
+    return json_pack("{s:s,s:I,s:f}", "name", q->name, "size", (json_int_t)q->size, "latency",
+                     q->latency);
+}
+
 static void ops_print_json(json_t *j)
 {
     char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -148,31 +178,21 @@ static void ops_time(char *out, size_t cap, double t)
 int cli_stats(int argc, char **argv)
 {
     struct ops_opts o;
-    int rc = ops_parse(argc, argv, &o, 0, "[--json] [--redis-url URL]");
+    redisContext *c = NULL;
+    int rc = ops_open(argc, argv, &o, 0, "[--json] [--redis-url URL]", &c);
     if (rc)
         return rc;
-    redisContext *c = ops_connect(o.redis_url);
-    if (!c)
-        return 1;
     struct sidekiq_stats st;
-    struct sidekiq_queue_info *q = NULL;
-    struct sidekiq_process_info *p = NULL;
-    size_t nq = 0, np = 0;
     char *err = NULL;
-    if (sidekiq_api_stats(c, &st, &err) != 0 || sidekiq_api_queues(c, &q, &nq, &err) != 0 ||
-        sidekiq_api_processes(c, &p, &np, &err) != 0) {
-        fprintf(stderr, "tierone stats: %s\n", err ? err : "failed");
-        free(err);
-        sidekiq_api_queues_free(q, nq);
-        redisFree(c);
-        return 1;
-    }
+    if (sidekiq_api_stats(c, &st, &err) != 0)
+        return ops_fail(c, "stats", err);
+    const struct sidekiq_queue_info *q = st.queues;
+    const struct sidekiq_process_info *p = st.process_list;
     if (o.json) {
         json_t *qs = json_array(), *ps = json_array();
-        for (size_t i = 0; i < nq; i++)
-            json_array_append_new(qs, json_pack("{s:s,s:I,s:f}", "name", q[i].name, "size",
-                                                (json_int_t)q[i].size, "latency", q[i].latency));
-        for (size_t i = 0; i < np; i++)
+        for (size_t i = 0; i < st.nqueues; i++)
+            json_array_append_new(qs, ops_queue_json(&q[i]));
+        for (size_t i = 0; i < st.nprocesses; i++)
             json_array_append_new(
                 ps, json_pack("{s:s,s:s?,s:I,s:s?,s:s,s:I,s:I,s:b,s:I,s:f}", "identity",
                               p[i].identity, "hostname", p[i].hostname, "pid", (json_int_t)p[i].pid,
@@ -192,15 +212,14 @@ int cli_stats(int argc, char **argv)
                "dead %lld\n",
                st.processed, st.failed, st.enqueued, st.scheduled, st.retries, st.dead);
         printf("processes %lld  busy %lld / %lld\n", st.processes, st.busy, st.concurrency);
-        for (size_t i = 0; i < nq; i++)
+        for (size_t i = 0; i < st.nqueues; i++)
             printf("queue %-20s size %-8lld latency %.1f s\n", q[i].name, q[i].size, q[i].latency);
-        for (size_t i = 0; i < np; i++)
+        for (size_t i = 0; i < st.nprocesses; i++)
             printf("process %s  busy %lld/%lld  %s  rss %lld KiB  queues %s\n", p[i].identity,
                    p[i].busy, p[i].concurrency, p[i].quiet ? "quiet" : "running", p[i].rss_kib,
                    p[i].queues);
     }
-    sidekiq_api_queues_free(q, nq);
-    sidekiq_api_processes_free(p, np);
+    sidekiq_api_stats_free(&st);
     redisFree(c);
     return 0;
 }
@@ -208,26 +227,19 @@ int cli_stats(int argc, char **argv)
 int cli_queues(int argc, char **argv)
 {
     struct ops_opts o;
-    int rc = ops_parse(argc, argv, &o, 0, "[--json] [--redis-url URL]");
+    redisContext *c = NULL;
+    int rc = ops_open(argc, argv, &o, 0, "[--json] [--redis-url URL]", &c);
     if (rc)
         return rc;
-    redisContext *c = ops_connect(o.redis_url);
-    if (!c)
-        return 1;
     struct sidekiq_queue_info *q = NULL;
     size_t nq = 0;
     char *err = NULL;
-    if (sidekiq_api_queues(c, &q, &nq, &err) != 0) {
-        fprintf(stderr, "tierone queues: %s\n", err);
-        free(err);
-        redisFree(c);
-        return 1;
-    }
+    if (sidekiq_api_queues(c, &q, &nq, &err) != 0)
+        return ops_fail(c, "queues", err);
     json_t *arr = o.json ? json_array() : NULL;
     for (size_t i = 0; i < nq; i++) {
         if (arr)
-            json_array_append_new(arr, json_pack("{s:s,s:I,s:f}", "name", q[i].name, "size",
-                                                 (json_int_t)q[i].size, "latency", q[i].latency));
+            json_array_append_new(arr, ops_queue_json(&q[i]));
         else
             printf("%-20s %-8lld %.1f s\n", q[i].name, q[i].size, q[i].latency);
     }
@@ -243,21 +255,15 @@ int cli_queues(int argc, char **argv)
 static int ops_list_set(int argc, char **argv, const char *set, int ascending)
 {
     struct ops_opts o;
-    int rc = ops_parse(argc, argv, &o, 0, "[--class C] [--limit N] [--json] [--redis-url URL]");
+    redisContext *c = NULL;
+    int rc = ops_open(argc, argv, &o, 0, "[--class C] [--limit N] [--json] [--redis-url URL]", &c);
     if (rc)
         return rc;
-    redisContext *c = ops_connect(o.redis_url);
-    if (!c)
-        return 1;
     struct sidekiq_entry *e = NULL;
     size_t n = 0;
     char *err = NULL;
-    if (sidekiq_api_entries(c, set, o.klass, o.limit, ascending, &e, &n, &err) != 0) {
-        fprintf(stderr, "tierone %s: %s\n", argv[0], err);
-        free(err);
-        redisFree(c);
-        return 1;
-    }
+    if (sidekiq_api_entries(c, set, o.klass, o.limit, ascending, &e, &n, &err) != 0)
+        return ops_fail(c, argv[0], err);
     json_t *arr = o.json ? json_array() : NULL;
     for (size_t i = 0; i < n; i++) {
         if (arr) {
@@ -319,12 +325,10 @@ static int ops_report(const struct ops_opts *o, const char *action, const char *
 int cli_retry(int argc, char **argv)
 {
     struct ops_opts o;
-    int rc = ops_parse(argc, argv, &o, 1, "JID|--all-dead|--all-retries [--json]");
+    redisContext *c = NULL;
+    int rc = ops_open(argc, argv, &o, 1, "JID|--all-dead|--all-retries [--json]", &c);
     if (rc)
         return rc;
-    redisContext *c = ops_connect(o.redis_url);
-    if (!c)
-        return 1;
     char *err = NULL;
     if (o.all_dead || o.all_retries) {
         const char *set = o.all_dead ? "dead" : "retry";
@@ -352,12 +356,10 @@ int cli_retry(int argc, char **argv)
 int cli_kill(int argc, char **argv)
 {
     struct ops_opts o;
-    int rc = ops_parse(argc, argv, &o, 1, "JID [--json]");
+    redisContext *c = NULL;
+    int rc = ops_open(argc, argv, &o, 1, "JID [--json]", &c);
     if (rc)
         return rc;
-    redisContext *c = ops_connect(o.redis_url);
-    if (!c)
-        return 1;
     char *err = NULL;
     int done = sidekiq_api_kill(c, "retry", o.arg, DEAD_MAX_JOBS, DEAD_TIMEOUT_S, &err);
     if (done == 0)
@@ -371,12 +373,10 @@ int cli_kill(int argc, char **argv)
 static int ops_signal(int argc, char **argv, const char *sig, const char *action)
 {
     struct ops_opts o;
-    int rc = ops_parse(argc, argv, &o, 1, "IDENTITY [--json]");
+    redisContext *c = NULL;
+    int rc = ops_open(argc, argv, &o, 1, "IDENTITY [--json]", &c);
     if (rc)
         return rc;
-    redisContext *c = ops_connect(o.redis_url);
-    if (!c)
-        return 1;
     char *err = NULL;
     int done = sidekiq_api_signal(c, o.arg, sig, &err);
     rc = ops_report(&o, action, o.arg, done > 0 ? 1 : 0, err);

@@ -1,6 +1,7 @@
 /* sidekiq_api: Sidekiq::API's reads and Web UI actions over a blocking Redis connection. */
 #include "sidekiq_api.h"
 
+#include "buf.h"
 #include "clock.h"
 #include "json_edit.h"
 #include "xalloc.h"
@@ -25,13 +26,9 @@ static void api_error(char **err, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Run a command; NULL (reason in err) on I/O failure or an error reply. */
-static redisReply *api_cmd(redisContext *c, char **err, const char *fmt, ...)
+/* r, or NULL (reason in err, r freed) when the command failed or Redis answered an error. */
+static redisReply *api_check(redisContext *c, redisReply *r, char **err)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
     if (!r) {
         api_error(err, "redis: %s", c->errstr[0] ? c->errstr : "connection lost");
         return NULL;
@@ -44,20 +41,20 @@ static redisReply *api_cmd(redisContext *c, char **err, const char *fmt, ...)
     return r;
 }
 
+/* Run a command; NULL (reason in err) on I/O failure or an error reply. */
+static redisReply *api_cmd(redisContext *c, char **err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    return api_check(c, r, err);
+}
+
 static redisReply *api_argv(redisContext *c, char **err, int argc, const char **argv,
                             const size_t *lens)
 {
-    redisReply *r = redisCommandArgv(c, argc, argv, lens);
-    if (!r) {
-        api_error(err, "redis: %s", c->errstr[0] ? c->errstr : "connection lost");
-        return NULL;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        api_error(err, "redis: %s", r->str);
-        freeReplyObject(r);
-        return NULL;
-    }
-    return r;
+    return api_check(c, redisCommandArgv(c, argc, argv, lens), err);
 }
 
 static long long reply_ll(const redisReply *r)
@@ -125,28 +122,34 @@ int sidekiq_api_stats(redisContext *c, struct sidekiq_stats *out, char **err)
         *dst[i] = r->integer;
         freeReplyObject(r);
     }
-    struct sidekiq_queue_info *q = NULL;
-    size_t nq = 0;
-    if (sidekiq_api_queues(c, &q, &nq, err) != 0)
-        return -1;
-    for (size_t i = 0; i < nq; i++)
-        out->enqueued += q[i].size;
-    sidekiq_api_queues_free(q, nq);
-    struct sidekiq_process_info *p = NULL;
-    size_t np = 0;
+    if (sidekiq_api_queues(c, &out->queues, &out->nqueues, err) != 0)
+        goto fail;
+    for (size_t i = 0; i < out->nqueues; i++)
+        out->enqueued += out->queues[i].size;
     if (!(r = api_cmd(c, err, "SCARD processes")))
-        return -1;
+        goto fail;
     out->processes = r->integer;
     freeReplyObject(r);
-    if (sidekiq_api_processes(c, &p, &np, err) != 0)
-        return -1;
-    for (size_t i = 0; i < np; i++) {
-        out->busy += p[i].busy;
-        out->concurrency += p[i].concurrency;
+    if (sidekiq_api_processes(c, &out->process_list, &out->nprocesses, err) != 0)
+        goto fail;
+    for (size_t i = 0; i < out->nprocesses; i++) {
+        out->busy += out->process_list[i].busy;
+        out->concurrency += out->process_list[i].concurrency;
     }
-    sidekiq_api_processes_free(p, np);
     out->default_queue_latency = queue_latency(c, "default");
     return 0;
+fail:
+    sidekiq_api_stats_free(out);
+    return -1;
+}
+
+void sidekiq_api_stats_free(struct sidekiq_stats *st)
+{
+    sidekiq_api_queues_free(st->queues, st->nqueues);
+    sidekiq_api_processes_free(st->process_list, st->nprocesses);
+    st->queues = NULL;
+    st->process_list = NULL;
+    st->nqueues = st->nprocesses = 0;
 }
 
 static int queue_cmp(const void *a, const void *b)
@@ -414,20 +417,19 @@ static int process_fill(struct sidekiq_process_info *p, const char *identity, co
     p->pid = json_integer_value(json_object_get(info, "pid"));
     p->concurrency = json_integer_value(json_object_get(info, "concurrency"));
     p->started_at = json_number_value(json_object_get(info, "started_at"));
-    json_t *qs = json_object_get(info, "queues");
-    size_t cap = 1, i;
+    struct buf qs = {0};
+    size_t i;
     json_t *q;
-    json_array_foreach(qs, i, q) cap +=
-        strlen(json_string_value(q) ? json_string_value(q) : "") + 1;
-    p->queues = xcalloc(1, cap);
-    json_array_foreach(qs, i, q)
+    json_array_foreach(json_object_get(info, "queues"), i, q)
     {
-        if (!json_string_value(q))
+        if (!json_is_string(q))
             continue;
-        if (p->queues[0])
-            strcat(p->queues, ",");
-        strcat(p->queues, json_string_value(q));
+        if (qs.len)
+            buf_append(&qs, ",", 1);
+        buf_puts(&qs, json_string_value(q));
     }
+    p->queues = xstrndup(qs.data ? qs.data : "", qs.len);
+    buf_free(&qs);
     json_decref(info);
     p->busy = reply_ll(h->element[1]);
     p->beat = h->element[2]->type == REDIS_REPLY_STRING ? atof(h->element[2]->str) : 0;

@@ -18,17 +18,6 @@
 #include <hiredis/hiredis.h>
 #include <stddef.h>
 
-/* The dashboard's numbers (Sidekiq::Stats). */
-struct sidekiq_stats {
-    long long processed, failed;  /* stat:processed, stat:failed */
-    long long scheduled, retries; /* ZCARD schedule, ZCARD retry */
-    long long dead, processes;    /* ZCARD dead, SCARD processes */
-    long long enqueued;           /* sum of LLEN over the queues set */
-    long long busy;               /* sum of busy over live processes */
-    long long concurrency;        /* sum of concurrency over live processes */
-    double default_queue_latency; /* seconds, 0 when queue:default is empty */
-};
-
 /* One queue (Sidekiq::Queue): name, size, latency in seconds (0 when empty). */
 struct sidekiq_queue_info {
     char *name;
@@ -54,7 +43,25 @@ struct sidekiq_process_info {
     double beat, started_at;
 };
 
+struct sidekiq_stats {
+    long long processed, failed;       /* stat:processed, stat:failed */
+    long long scheduled, retries;      /* ZCARD schedule, ZCARD retry */
+    long long dead, processes;         /* ZCARD dead, SCARD processes */
+    long long enqueued;                /* sum of the queues' sizes */
+    long long busy;                    /* sum of busy over live processes */
+    long long concurrency;             /* sum of concurrency over live processes */
+    double default_queue_latency;      /* seconds, 0 when queue:default is empty */
+    struct sidekiq_queue_info *queues; /* every queue, sorted by name */
+    size_t nqueues;
+    struct sidekiq_process_info *process_list; /* live processes, sorted by identity */
+    size_t nprocesses;
+};
+
+/* The dashboard's numbers (Sidekiq::Stats), with the queue and process lists they were
+ * summed from (owned by the struct: sidekiq_api_stats_free). On failure nothing is left
+ * to free. */
 int sidekiq_api_stats(redisContext *c, struct sidekiq_stats *out, char **err);
+void sidekiq_api_stats_free(struct sidekiq_stats *st);
 
 /* Every queue in the `queues` set, sorted by name. *out is a new array (free with
  * sidekiq_api_queues_free). */
