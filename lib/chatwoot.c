@@ -58,15 +58,14 @@ static char *token_header(const char *token)
 struct chatwoot *chatwoot_new(const struct chatwoot_opts *o, char **err)
 {
     const char *why = NULL;
+    char *host = NULL;
     if (!o || !o->http)
         why = "chatwoot: no HTTP client";
-    else if (!o->base_url ||
-             (strncmp(o->base_url, "http://", 7) != 0 && strncmp(o->base_url, "https://", 8) != 0))
-        why = "chatwoot: base_url must be an http(s):// URL";
-    else if (!strstr(o->base_url, "://")[3] || strstr(o->base_url, "://")[3] == '/')
-        why = "chatwoot: base_url has no host";
+    else if (!(host = http_url_part(o->base_url, HTTP_URL_HOST)))
+        why = "chatwoot: base_url must be an absolute http(s):// URL with a host";
     else if (!(o->bot_token && *o->bot_token) && !(o->user_token && *o->user_token))
         why = "chatwoot: neither bot_token nor user_token is configured";
+    free(host); /* only checked */
     if (why) {
         if (err)
             *err = xstrdup(why);

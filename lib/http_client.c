@@ -912,3 +912,30 @@ uv_loop_t *http_client_loop(const struct http_client *c)
 {
     return c->loop;
 }
+
+char *http_url_part(const char *url, enum http_url_part part)
+{
+    char *scheme = NULL, *host = NULL, *extra = NULL, *out = NULL;
+    CURLU *u = curl_url();
+    /* curl 7.88 reads "https:///x" as host "x": an empty authority is refused here. */
+    const char *auth = url ? strstr(url, "://") : NULL;
+    if (!auth || !auth[3] || auth[3] == '/' || curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
+        goto out;
+    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
+        goto out;
+    if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host)
+        goto out;
+    if (part == HTTP_URL_PATH)
+        out = xstrdup(curl_url_get(u, CURLUPART_PATH, &extra, 0) == CURLUE_OK ? extra : "/");
+    else if (curl_url_get(u, CURLUPART_PORT, &extra, 0) == CURLUE_OK)
+        out = xasprintf("%s:%s", host, extra);
+    else
+        out = xstrdup(host);
+out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(extra);
+    curl_url_cleanup(u);
+    return out;
+}

@@ -134,6 +134,16 @@ char *http_response_steal_body(struct http_response *r, size_t *len);
 /* Name of a result ("ok", "timeout", "connect", "too_large", "cancelled", "other"). */
 const char *http_result_name(enum http_result r);
 
+/* Which part of a URL http_url_part returns. */
+enum http_url_part {
+    HTTP_URL_HOST, /* "host", or "host:port" when the URL names a port */
+    HTTP_URL_PATH, /* the path, "/" when empty */
+};
+
+/* A part of an absolute http(s) URL that names a host, read with curl's URL parser. New
+ * string (caller frees), or NULL when url is not such a URL (so it also validates). */
+char *http_url_part(const char *url, enum http_url_part part);
+
 /* Release libcurl's global state at process exit, after every client has closed. */
 void http_client_global_cleanup(void);
 

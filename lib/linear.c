@@ -8,7 +8,6 @@
 #include "xalloc.h"
 
 #include <ctype.h>
-#include <curl/curl.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -68,30 +67,6 @@ static int linear_has_prefix(const char *s, const char *prefix)
     return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/* The path of an absolute http(s) URL ("/graphql"), or NULL. */
-static char *linear_url_path(const char *url)
-{
-    char *scheme = NULL, *host = NULL, *path = NULL, *out = NULL;
-    CURLU *u = curl_url();
-    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
-        goto out;
-    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
-        goto out;
-    if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host)
-        goto out;
-    if (curl_url_get(u, CURLUPART_PATH, &path, 0) == CURLUE_OK)
-        out = xstrdup(path);
-    else
-        out = xstrdup("/");
-out:
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(path);
-    curl_url_cleanup(u);
-    return out;
-}
-
 struct linear *linear_new(const struct linear_opts *opts, char **err)
 {
     if (!opts || !opts->http) {
@@ -108,7 +83,7 @@ struct linear *linear_new(const struct linear_opts *opts, char **err)
         return NULL;
     }
     const char *url = opts->api_url && *opts->api_url ? opts->api_url : LINEAR_DEFAULT_API_URL;
-    char *path = linear_url_path(url);
+    char *path = http_url_part(url, HTTP_URL_PATH);
     if (!path) {
         *err = xstrdup("linear: the API URL is not an absolute http(s) URL");
         return NULL;

@@ -6,7 +6,6 @@
 #include "service.h"
 #include "xalloc.h"
 
-#include <curl/curl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -193,30 +192,6 @@ json_t *slack_message_payload(const struct slack_message *m)
     return payload;
 }
 
-/* "host" or "host:port" of an absolute http(s) URL, or NULL. */
-static char *slack_url_host(const char *url)
-{
-    char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
-    CURLU *u = curl_url();
-    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK)
-        goto out;
-    if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-        (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
-        goto out;
-    if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host)
-        goto out;
-    if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK)
-        out = xasprintf("%s:%s", host, port);
-    else
-        out = xstrdup(host);
-out:
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(port);
-    curl_url_cleanup(u);
-    return out;
-}
-
 struct slack *slack_new(const struct slack_opts *opts, char **err)
 {
     if (!opts || !opts->http) {
@@ -227,7 +202,7 @@ struct slack *slack_new(const struct slack_opts *opts, char **err)
         *err = xstrdup("slack: no webhook URL");
         return NULL;
     }
-    char *host = slack_url_host(opts->webhook_url);
+    char *host = http_url_part(opts->webhook_url, HTTP_URL_HOST);
     if (!host) {
         *err = xstrdup("slack: the webhook URL is not an absolute http(s) URL with a host");
         return NULL;

@@ -767,3 +767,23 @@ Test(http_client, result_names)
     cr_assert_str_eq(http_result_name(HTTP_ERR_CANCELLED), "cancelled");
     cr_assert_str_eq(http_result_name(HTTP_ERR_OTHER), "other");
 }
+
+Test(http_client, url_part_validates_and_splits)
+{
+    char *s = http_url_part("https://hooks.slack.com/services/T/B/X", HTTP_URL_HOST);
+    cr_assert_str_eq(s, "hooks.slack.com");
+    free(s);
+    s = http_url_part("http://127.0.0.1:8080/graphql?x=1", HTTP_URL_HOST);
+    cr_assert_str_eq(s, "127.0.0.1:8080");
+    free(s);
+    s = http_url_part("http://127.0.0.1:8080/graphql?x=1", HTTP_URL_PATH);
+    cr_assert_str_eq(s, "/graphql");
+    free(s);
+    s = http_url_part("https://api.linear.app", HTTP_URL_PATH);
+    cr_assert_str_eq(s, "/");
+    free(s);
+    cr_assert_null(http_url_part("ftp://example.com/x", HTTP_URL_HOST));
+    cr_assert_null(http_url_part("https:///nohost", HTTP_URL_HOST));
+    cr_assert_null(http_url_part("not a url", HTTP_URL_PATH));
+    cr_assert_null(http_url_part(NULL, HTTP_URL_HOST));
+}
