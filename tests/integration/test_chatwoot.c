@@ -7,6 +7,7 @@
 #include "fake_chatwoot.h"
 #include "log.h"
 #include "rate_limit.h"
+#include "test_loop.h"
 #include "test_redis.h"
 
 #include <criterion/criterion.h>
@@ -29,7 +30,6 @@ struct t {
 };
 
 struct outcome {
-    uv_loop_t *loop; /* set by run(): stopped when the callback runs */
     int done;
     struct job_error *err;
     json_t *result; /* deep copy */
@@ -39,8 +39,6 @@ static void on_done(struct job_error *err, json_t *result, void *arg)
 {
     struct outcome *o = arg;
     o->done++;
-    if (o->loop)
-        uv_stop(o->loop); /* or uv_run(UV_RUN_ONCE) may go on to block in poll */
     o->err = err;
     o->result = result ? json_deep_copy(result) : NULL;
     if (err)
@@ -57,10 +55,7 @@ static void outcome_clear(struct outcome *o)
 static void run(struct t *t, struct outcome *o)
 {
     cr_assert_eq(o->done, 0, "the callback must not run inside the call");
-    o->loop = &t->loop;
-    uint64_t end = clock_mono_ms() + 10000;
-    while (!o->done && clock_mono_ms() < end)
-        uv_run(&t->loop, UV_RUN_ONCE);
+    test_loop_until_flag(&t->loop, &o->done, 10000);
     cr_assert_eq(o->done, 1, "the callback ran %d times", o->done);
 }
 
@@ -759,7 +754,6 @@ Test(chatwoot, permanent_failures_carry_chatwoots_text)
 
 /* The fake's own auth rules, with a raw request (a Bearer header instead of api_access_token). */
 struct raw {
-    uv_loop_t *loop;
     int done;
     long status;
     char body[256];
@@ -769,7 +763,6 @@ static void on_raw(struct http_response *resp, void *arg)
 {
     struct raw *r = arg;
     r->done = 1;
-    uv_stop(r->loop);
     r->status = resp->status;
     snprintf(r->body, sizeof r->body, "%s", resp->body);
 }
@@ -783,10 +776,9 @@ Test(chatwoot, fake_refuses_a_bearer_token)
              ACC, CONV);
     const char *hdr[] = {"Authorization: Bearer user-token"};
     struct http_request rq = {.url = url, .headers = hdr, .nheaders = 1};
-    struct raw r = {.loop = &t.loop};
+    struct raw r = {0};
     cr_assert_eq(http_client_request(t.http, &rq, on_raw, &r, NULL), 0);
-    while (!r.done)
-        uv_run(&t.loop, UV_RUN_ONCE);
+    cr_assert(test_loop_until_flag(&t.loop, &r.done, 15000), "no answer");
     cr_assert_eq(r.status, 401);
     cr_assert(strstr(r.body, "You need to sign in"), "%s", r.body);
     t_close(&t);
@@ -808,10 +800,7 @@ Test(chatwoot, no_rate_limit_token_reschedules_without_a_request)
     const char *rerr = NULL;
     struct redis *redis = redis_new(&t.loop, &ro, &rerr);
     cr_assert_not_null(redis, "%s", rerr);
-    uint64_t end = clock_mono_ms() + 5000;
-    while (!redis_is_up(redis) && clock_mono_ms() < end)
-        uv_run(&t.loop, UV_RUN_ONCE);
-    cr_assert(redis_is_up(redis));
+    cr_assert(test_loop_until_redis_up(&t.loop, redis, 5000));
     struct rate_limit *rl = rate_limit_new(redis, "chatwoot", 0.001, 1, &rerr);
     cr_assert_not_null(rl, "%s", rerr);
     struct chatwoot_opts o = {.http = t.http,

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "rate_limit.h"
 #include "redis.h"
+#include "test_loop.h"
 #include "test_redis.h"
 #include "xalloc.h"
 
@@ -81,10 +82,7 @@ static struct rate_limit *make_limit(void)
     const char *err = NULL;
     T.redis = redis_new(&T.loop, &o, &err);
     cr_assert_not_null(T.redis, "%s", err);
-    uint64_t end = clock_mono_ms() + 5000;
-    while (!redis_is_up(T.redis) && clock_mono_ms() < end)
-        uv_run(&T.loop, UV_RUN_ONCE);
-    cr_assert(redis_is_up(T.redis), "redis did not come up");
+    cr_assert(test_loop_until_redis_up(&T.loop, T.redis, 5000), "redis did not come up");
     struct rate_limit *rl = rate_limit_new(T.redis, "linear:test", 1.0 / 60, 1, &err);
     cr_assert_not_null(rl, "%s", err);
     return rl;
@@ -141,8 +139,7 @@ static void seen_free(struct seen *s)
 
 static void wait_done(struct seen *s)
 {
-    while (s->calls == 0)
-        uv_run(&T.loop, UV_RUN_ONCE);
+    cr_assert(test_loop_until_flag(&T.loop, &s->calls, 15000), "the callback never ran");
     cr_assert_eq(s->calls, 1);
 }
 
@@ -754,8 +751,7 @@ static void raw_graphql(const char *body, long want_status, const char *want_cod
                                .body_len = strlen(body)};
     struct raw x = {0};
     cr_assert_eq(http_client_request(T.http, &req, on_raw, &x, NULL), 0);
-    while (!x.done)
-        uv_run(&T.loop, UV_RUN_ONCE);
+    cr_assert(test_loop_until_flag(&T.loop, &x.done, 15000), "no answer");
     cr_assert_eq(x.status, want_status, "%s", body);
     json_t *e = json_array_get(json_object_get(x.body, "errors"), 0);
     const char *code = str(json_object_get(e, "extensions"), "code");
@@ -812,8 +808,7 @@ Test(linear, rate_headers_are_on_every_answer)
     for (int i = 0; i < 2; i++) {
         struct hdrs h = {0};
         cr_assert_eq(http_client_request(T.http, &req, on_hdrs, &h, NULL), 0);
-        while (!h.done)
-            uv_run(&T.loop, UV_RUN_ONCE);
+        cr_assert(test_loop_until_flag(&T.loop, &h.done, 15000), "no answer");
         cr_assert_eq(h.status, 401, "a wrong key is refused");
         cr_assert_str_eq(h.limit, "5000");
         cr_assert_str_eq(h.remaining, i == 0 ? "4999" : "4998");

@@ -10,6 +10,7 @@
 #include "log.h"
 #include "rate_limit.h"
 #include "redis.h"
+#include "test_loop.h"
 #include "test_redis.h"
 #include "xalloc.h"
 
@@ -31,7 +32,6 @@ static const char *const SCHEMA =
 
 struct t {
     uv_loop_t loop;
-    uv_timer_t tick; /* keeps run_until's deadline checked while the loop waits */
     struct http_client *http;
     struct fake_llm *fake;
     struct llm *llm;
@@ -62,16 +62,10 @@ static struct llm_opts t_opts(void)
     return o;
 }
 
-static void on_tick(uv_timer_t *t)
-{
-}
-
 static void t_start(const struct fake_llm_opts *fo, struct llm_opts o)
 {
     memset(&T, 0, sizeof T);
     cr_assert_eq(uv_loop_init(&T.loop), 0);
-    uv_timer_init(&T.loop, &T.tick);
-    uv_timer_start(&T.tick, on_tick, 50, 50);
     char *err = NULL;
     T.http = http_client_new(&T.loop, NULL, &err);
     cr_assert_not_null(T.http, "http_client_new: %s", err ? err : "?");
@@ -95,7 +89,6 @@ static void on_closed(void *arg)
 static void t_finish(void)
 {
     llm_free(T.llm);
-    uv_close((uv_handle_t *)&T.tick, NULL);
     http_client_close(T.http, on_closed, &T.closed);
     cr_assert_eq(uv_run(&T.loop, UV_RUN_DEFAULT), 0);
     cr_assert_eq(T.closed, 1);
@@ -106,17 +99,13 @@ static void t_finish(void)
 
 static void run_until(const int *flag)
 {
-    uint64_t deadline = clock_mono_ms() + 15000;
-    while (!*flag) {
-        if (clock_mono_ms() >= deadline) {
-            struct http_client_stats st;
-            http_client_get_stats(T.http, &st);
-            cr_assert_fail("timed out waiting for the callback: fake saw %zu requests, "
-                           "http client: %llu in flight, %llu completed",
-                           fake_llm_count(T.fake), (unsigned long long)st.in_flight,
-                           (unsigned long long)st.completed);
-        }
-        uv_run(&T.loop, UV_RUN_ONCE);
+    if (!test_loop_until_flag(&T.loop, flag, 15000)) {
+        struct http_client_stats st;
+        http_client_get_stats(T.http, &st);
+        cr_assert_fail("timed out waiting for the callback: fake saw %zu requests, "
+                       "http client: %llu in flight, %llu completed",
+                       fake_llm_count(T.fake), (unsigned long long)st.in_flight,
+                       (unsigned long long)st.completed);
     }
 }
 
@@ -1009,11 +998,7 @@ Test(llm, rate_limited_call_is_rescheduled_without_a_request)
     const char *why = NULL;
     struct redis *redis = redis_new(&T.loop, &ro, &why);
     cr_assert_not_null(redis, "redis_new: %s", why);
-    uint64_t deadline = clock_mono_ms() + 10000;
-    while (!redis_is_up(redis)) {
-        cr_assert_lt(clock_mono_ms(), deadline, "Redis did not come up");
-        uv_run(&T.loop, UV_RUN_ONCE);
-    }
+    cr_assert(test_loop_until_redis_up(&T.loop, redis, 10000), "Redis did not come up");
     struct rate_limit *rl = rate_limit_new(redis, "llm-test", 0.01, 1, &why);
     cr_assert_not_null(rl, "%s", why);
     llm_free(T.llm);

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "rate_limit.h"
 #include "service.h"
+#include "test_loop.h"
 #include "test_redis.h"
 
 #include <criterion/criterion.h>
@@ -38,12 +39,9 @@ static void h_init(struct h *h, int nredis)
         h->redis[i] = redis_new(&h->loop, &o, &err);
         cr_assert_not_null(h->redis[i], "%s", err);
     }
-    uint64_t end = clock_mono_ms() + 5000;
     for (int i = 0; i < nredis; i++)
-        while (!redis_is_up(h->redis[i]) && clock_mono_ms() < end)
-            uv_run(&h->loop, UV_RUN_ONCE);
-    for (int i = 0; i < nredis; i++)
-        cr_assert(redis_is_up(h->redis[i]), "redis connection %d did not come up", i);
+        cr_assert(test_loop_until_redis_up(&h->loop, h->redis[i], 5000),
+                  "redis connection %d did not come up", i);
 }
 
 static void h_close(struct h *h)
@@ -55,12 +53,9 @@ static void h_close(struct h *h)
     redisFree(h->rc);
 }
 
-/* Every completion calls uv_stop: a callback run from the timer phase would otherwise let
- * UV_RUN_ONCE go on to block in poll (the Redis connections keep the loop alive). */
 static void on_take(int granted, double at_s, void *arg)
 {
     struct h *h = arg;
-    uv_stop(&h->loop);
     if (h->ntakes < MAX_TAKES) {
         h->granted[h->ntakes] = granted;
         h->at[h->ntakes] = at_s;
@@ -68,14 +63,24 @@ static void on_take(int granted, double at_s, void *arg)
     h->ntakes++;
 }
 
+struct take_wait {
+    struct h *h;
+    int want;
+};
+
+static int take_answered(void *arg)
+{
+    struct take_wait *w = arg;
+    return w->h->ntakes >= w->want;
+}
+
 /* Take one token and run the loop until the answer is in; returns its index. */
 static int take_one(struct h *h, struct rate_limit *rl, const char *key)
 {
-    int want = h->ntakes + 1;
+    struct take_wait w = {h, h->ntakes + 1};
     cr_assert_eq(rate_limit_take(rl, key, on_take, h), 0);
-    while (h->ntakes < want)
-        uv_run(&h->loop, UV_RUN_ONCE);
-    return want - 1;
+    cr_assert(test_loop_until(&h->loop, take_answered, &w, 10000), "no answer from Redis");
+    return w.want - 1;
 }
 
 /* Redis's clock in seconds (TIME). */
@@ -176,7 +181,6 @@ static void fleet_take(struct fleet *f);
 static void fleet_on_take(int granted, double at_s, void *arg)
 {
     struct fleet *f = arg;
-    uv_stop(&f->h->loop);
     f->outstanding--;
     cr_assert_neq(granted, -1);
     f->granted += granted == 1;
@@ -187,6 +191,16 @@ static void fleet_take(struct fleet *f)
 {
     if (rate_limit_take(f->rl, NULL, fleet_on_take, f) == 0)
         f->outstanding++;
+}
+
+/* All ten fleets have their answers in (f: an array of 10). */
+static int fleet_idle(void *arg)
+{
+    const struct fleet *f = arg;
+    for (int i = 0; i < 10; i++)
+        if (f[i].outstanding)
+            return 0;
+    return 1;
 }
 
 Test(rate_limit, ten_processes_share_one_bucket)
@@ -202,13 +216,7 @@ Test(rate_limit, ten_processes_share_one_bucket)
         f[i].rl = rate_limit_new(h.redis[i], "fleet", rate, burst, &err);
         fleet_take(&f[i]);
     }
-    int outstanding;
-    do {
-        uv_run(&h.loop, UV_RUN_ONCE);
-        outstanding = 0;
-        for (int i = 0; i < 10; i++)
-            outstanding += f[i].outstanding;
-    } while (outstanding);
+    cr_assert(test_loop_until(&h.loop, fleet_idle, f, 30000), "takes still outstanding");
     double elapsed = redis_now(&h) - t0;
     int total = 0;
     for (int i = 0; i < 10; i++) {
@@ -224,7 +232,6 @@ Test(rate_limit, ten_processes_share_one_bucket)
 /* ---- service_call ------------------------------------------------------------------------ */
 
 struct outcome {
-    uv_loop_t *loop;
     int done;
     struct job_error *err;
     long status;
@@ -234,7 +241,6 @@ struct outcome {
 static void on_call(struct job_error *err, struct http_response *resp, void *arg)
 {
     struct outcome *o = arg;
-    uv_stop(o->loop);
     o->done = 1;
     o->err = err;
     o->status = resp ? resp->status : -1;
@@ -244,10 +250,7 @@ static void on_call(struct job_error *err, struct http_response *resp, void *arg
 
 static void run_until_done(struct h *h, struct outcome *o)
 {
-    uint64_t end = clock_mono_ms() + 10000;
-    while (!o->done && clock_mono_ms() < end)
-        uv_run(&h->loop, UV_RUN_ONCE);
-    cr_assert(o->done, "the call never finished");
+    cr_assert(test_loop_until_flag(&h->loop, &o->done, 10000), "the call never finished");
 }
 
 static void client_closed(void *arg)
@@ -278,7 +281,7 @@ Test(service, call_classifies_and_respects_the_rate_limit)
                                  .body = "{}",
                                  .body_len = 2,
                                  .what = "POST /ok"};
-    struct outcome o = {.loop = &h.loop};
+    struct outcome o = {0};
     cr_assert_eq(service_call(&s, &rq, on_call, &o), 0);
     cr_assert_eq(o.done, 0, "the callback must not run inside service_call");
     run_until_done(&h, &o);
@@ -289,7 +292,7 @@ Test(service, call_classifies_and_respects_the_rate_limit)
 
     snprintf(url, sizeof url, "%s/busy", fake_http_url(fake));
     struct service_request busy = {.url = url, .what = "GET /busy"};
-    o = (struct outcome){.loop = &h.loop};
+    o = (struct outcome){0};
     double before = clock_wall_s();
     service_call(&s, &busy, on_call, &o);
     run_until_done(&h, &o);
@@ -310,12 +313,12 @@ Test(service, call_classifies_and_respects_the_rate_limit)
     const char *rerr = NULL;
     s.limit = rate_limit_new(h.redis[0], "svc", 0.001, 1, &rerr);
     snprintf(url, sizeof url, "%s/ok", fake_http_url(fake));
-    o = (struct outcome){.loop = &h.loop};
+    o = (struct outcome){0};
     service_call(&s, &rq, on_call, &o); /* takes the only token */
     run_until_done(&h, &o);
     cr_assert_null(o.err);
     size_t sent = fake_http_count(fake);
-    o = (struct outcome){.loop = &h.loop};
+    o = (struct outcome){0};
     rq.jid = "abc";
     service_call(&s, &rq, on_call, &o);
     run_until_done(&h, &o);
@@ -331,7 +334,7 @@ Test(service, call_classifies_and_respects_the_rate_limit)
     const char *uerr = NULL;
     struct redis *down = redis_new(&h.loop, &ro, &uerr);
     s.limit = rate_limit_new(down, "svc", 1, 1, &rerr);
-    o = (struct outcome){.loop = &h.loop};
+    o = (struct outcome){0};
     service_call(&s, &rq, on_call, &o);
     run_until_done(&h, &o);
     cr_assert_eq(o.err->kind, JOB_ERR_RETRY);

@@ -11,6 +11,7 @@
 #include "redis.h"
 #include "slack.h"
 #include "buf.h"
+#include "test_loop.h"
 #include "test_redis.h"
 #include "xalloc.h"
 
@@ -108,8 +109,7 @@ static void seen_free(struct seen *s)
 static void post(const char *jid, const struct slack_message *m, struct seen *s)
 {
     cr_assert_eq(slack_post(T.c, jid, m, on_done, s), 0);
-    while (s->calls == 0)
-        uv_run(&T.loop, UV_RUN_ONCE);
+    cr_assert(test_loop_until_flag(&T.loop, &s->calls, 15000), "the callback never ran");
     cr_assert_eq(s->calls, 1);
 }
 
@@ -453,8 +453,7 @@ static void raw_post(const char *path, const char *ct, const char *body, long wa
                                .body_len = strlen(body)};
     struct raw x = {0};
     cr_assert_eq(http_client_request(T.http, &req, on_raw, &x, NULL), 0);
-    while (!x.done)
-        uv_run(&T.loop, UV_RUN_ONCE);
+    cr_assert(test_loop_until_flag(&T.loop, &x.done, 15000), "no answer");
     cr_assert_eq(x.status, want_status, "%s: %ld %s", body, x.status, x.body);
     cr_assert_str_eq(x.body, want_body, "%s", body);
     free(x.body);
@@ -514,10 +513,7 @@ static struct rate_limit *make_limit(void)
     const char *err = NULL;
     T.redis = redis_new(&T.loop, &o, &err);
     cr_assert_not_null(T.redis, "%s", err);
-    uint64_t end = clock_mono_ms() + 5000;
-    while (!redis_is_up(T.redis) && clock_mono_ms() < end)
-        uv_run(&T.loop, UV_RUN_ONCE);
-    cr_assert(redis_is_up(T.redis), "redis did not come up");
+    cr_assert(test_loop_until_redis_up(&T.loop, T.redis, 5000), "redis did not come up");
     struct rate_limit *rl = rate_limit_new(T.redis, "slack:test", 1.0 / 60, 1, &err);
     cr_assert_not_null(rl, "%s", err);
     return rl;
