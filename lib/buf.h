@@ -26,6 +26,9 @@ void buf_puts(struct buf *b, const char *s);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Append s as a quoted JSON string (with escapes). */
 void buf_json_string(struct buf *b, const char *s, size_t len);
+/* Append the whole file at path. Returns 0, or -1 with errno set (the buffer may then hold
+ * part of the file). */
+int buf_read_file(struct buf *b, const char *path);
 /* Forget the contents but keep the memory. */
 void buf_reset(struct buf *b);
 /* Hand the bytes to the caller (who frees them); the buffer becomes empty. Never NULL. */

@@ -1,10 +1,10 @@
 /* kb_doc: input checks, format guessing, the section builder, plain text, titles (see
  * kb_doc.h). Markdown and HTML readers live in kb_markdown.c and kb_html.c. */
 #include "kb_doc.h"
+#include "digest.h"
 #include "kb_doc_internal.h"
 #include "xalloc.h"
 
-#include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -407,19 +407,6 @@ static int kb_doc_check(const char *bytes, size_t len, enum kb_format fmt, char 
     return 0;
 }
 
-static void kb_doc_hash(const char *bytes, size_t len, char out[65])
-{
-    static const char hex[] = "0123456789abcdef";
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_Digest(bytes, len, md, &mdlen, EVP_sha256(), NULL);
-    for (unsigned i = 0; i < mdlen && i < 32; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[64] = '\0';
-}
-
 int kb_doc_parse(const char *bytes, size_t len, enum kb_format fmt, const char *source,
                  struct kb_doc *out, char **err)
 {
@@ -431,7 +418,7 @@ int kb_doc_parse(const char *bytes, size_t len, enum kb_format fmt, const char *
         return rc;
     out->format = fmt;
     out->source = xstrdup(source ? source : "");
-    kb_doc_hash(bytes, len, out->hash);
+    digest_sha256_hex(bytes, len, out->hash);
     const char *s = bytes;
     size_t n = len;
     if (n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) {

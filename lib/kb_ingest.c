@@ -263,26 +263,6 @@ static void kb_item_on_fetch(struct http_response *resp, void *arg)
     kb_item_store(it, resp->body, resp->body_len, fmt);
 }
 
-static int kb_read_file(const char *path, struct buf *b, char **why)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *why = xasprintf("cannot read: %s", strerror(errno));
-        return -1;
-    }
-    char tmp[65536];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof(tmp), f)) > 0)
-        buf_append(b, tmp, n);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        *why = xasprintf("cannot read: %s", strerror(EIO));
-        return -1;
-    }
-    return 0;
-}
-
 static void kb_item_start(struct kb_item *it)
 {
     struct kb_run *g = it->run;
@@ -305,8 +285,8 @@ static void kb_item_start(struct kb_item *it)
         return;
     }
     struct buf b = BUF_INIT;
-    char *why = NULL;
-    if (kb_read_file(it->source, &b, &why) != 0) {
+    if (buf_read_file(&b, it->source) != 0) {
+        char *why = xasprintf("cannot read: %s", strerror(errno));
         kb_run_fail(g, it->source, why);
         free(why);
         kb_item_done(it);

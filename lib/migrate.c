@@ -3,12 +3,12 @@
 #include "migrate.h"
 
 #include "buf.h"
+#include "digest.h"
 #include "xalloc.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <libpq-fe.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,31 +49,15 @@ static void migrate_list_copy(struct migration_list *l, const struct migration *
 /* Whole file into a new string (*len bytes). Returns NULL with errno set on failure. */
 static char *migrate_read_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
     struct buf b = BUF_INIT;
-    char chunk[8192];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        buf_append(&b, chunk, n);
-    int failed = ferror(f);
-    fclose(f);
-    if (failed) {
+    if (buf_read_file(&b, path) != 0) {
+        int saved = errno;
         buf_free(&b);
-        errno = EIO;
+        errno = saved;
         return NULL;
     }
     *len = b.len;
     return buf_steal(&b);
-}
-
-static void migrate_sha256_hex(const char *data, size_t len, char out[65])
-{
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)data, len, md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 /* Parse "NNNN_name.sql" into *version. Returns 0, or -1 if malformed. */
@@ -134,7 +118,7 @@ int migrate_scan(const char *dir, struct migration_list *out, char **err)
         m->version = version;
         m->name = xstrdup(e->d_name);
         m->path = path;
-        migrate_sha256_hex(text, len, m->checksum);
+        digest_sha256_hex(text, len, m->checksum);
         free(text);
     }
     closedir(d);
@@ -281,7 +265,7 @@ static int migrate_one(PGconn *pg, const struct migration *m, char **err)
         return -1;
     }
     char sum[65];
-    migrate_sha256_hex(text, len, sum);
+    digest_sha256_hex(text, len, sum);
     PGresult *res = NULL;
     int rc = -1;
     if (strcmp(sum, m->checksum) != 0) {
