@@ -6,7 +6,8 @@
  *
  * A call that ends without reaching the network (no token, Redis down, the HTTP client
  * refused it) is finished from a zero-delay timer so the callback never runs inside
- * service_call(). */
+ * service_call(). The request itself is copied only when it must wait for a token: without
+ * a limit it goes straight to http_client_request, which makes its own copy. */
 #include "service.h"
 
 #include "clock.h"
@@ -20,25 +21,43 @@ struct service_call {
     struct service *s;
     service_cb cb;
     void *arg;
-    char *method, *url, *what, *jid;
-    char **headers;
-    size_t nheaders;
-    char *body;
-    size_t body_len;
+    char *what, *jid;
+    /* While waiting for a token: a copy of the request (all fields owned). */
+    struct service_request held;
     struct job_error *deferred_err; /* with the timer: the verdict to deliver */
     uv_timer_t timer;
 };
 
+static void call_hold(struct service_call *c, const struct service_request *req)
+{
+    struct service_request *h = &c->held;
+    h->method = xstrdup(req->method);
+    h->url = xstrdup(req->url);
+    char **hdrs = xcalloc(req->nheaders + 1, sizeof *hdrs);
+    for (size_t i = 0; i < req->nheaders; i++)
+        hdrs[i] = xstrdup(req->headers[i]);
+    h->headers = (const char *const *)hdrs;
+    h->nheaders = req->nheaders;
+    if (req->body) {
+        char *body = xmalloc(req->body_len + 1);
+        memcpy(body, req->body, req->body_len);
+        body[req->body_len] = '\0';
+        h->body = body;
+        h->body_len = req->body_len;
+    }
+}
+
 static void call_free(struct service_call *c)
 {
-    free(c->method);
-    free(c->url);
+    struct service_request *h = &c->held;
+    free((char *)h->method);
+    free((char *)h->url);
+    for (size_t i = 0; i < h->nheaders; i++)
+        free((char *)h->headers[i]);
+    free((char **)h->headers);
+    free((void *)h->body);
     free(c->what);
     free(c->jid);
-    for (size_t i = 0; i < c->nheaders; i++)
-        free(c->headers[i]);
-    free(c->headers);
-    free(c->body);
     free(c);
 }
 
@@ -74,15 +93,15 @@ static void call_on_response(struct http_response *resp, void *arg)
     call_free(c);
 }
 
-static void call_send(struct service_call *c)
+static void call_send(struct service_call *c, const struct service_request *r)
 {
     struct http_request req = {
-        .method = c->method,
-        .url = c->url,
-        .headers = (const char *const *)c->headers,
-        .nheaders = c->nheaders,
-        .body = c->body,
-        .body_len = c->body_len,
+        .method = r->method,
+        .url = r->url,
+        .headers = r->headers,
+        .nheaders = r->nheaders,
+        .body = r->body,
+        .body_len = r->body_len,
         .timeout_ms = c->s->timeout_ms,
         .max_body = c->s->max_body,
     };
@@ -101,7 +120,7 @@ static void call_on_token(int granted, double at_s, void *arg)
 {
     struct service_call *c = arg;
     if (granted == 1) {
-        call_send(c);
+        call_send(c, &c->held);
         return;
     }
     if (granted == 0) {
@@ -119,24 +138,14 @@ int service_call(struct service *s, const struct service_request *req, service_c
     c->s = s;
     c->cb = cb;
     c->arg = arg;
-    c->method = xstrdup(req->method ? req->method : "GET");
-    c->url = xstrdup(req->url);
-    c->what = req->what ? xstrdup(req->what) : xasprintf("%s %s", c->method, req->url);
+    c->what = req->what ? xstrdup(req->what)
+                        : xasprintf("%s %s", req->method ? req->method : "GET", req->url);
     c->jid = xstrdup(req->jid);
-    c->nheaders = req->nheaders;
-    c->headers = xcalloc(req->nheaders + 1, sizeof *c->headers);
-    for (size_t i = 0; i < req->nheaders; i++)
-        c->headers[i] = xstrdup(req->headers[i]);
-    if (req->body) {
-        c->body = xmalloc(req->body_len + 1);
-        memcpy(c->body, req->body, req->body_len);
-        c->body[req->body_len] = '\0';
-        c->body_len = req->body_len;
-    }
     if (!s->limit) {
-        call_send(c);
+        call_send(c, req);
         return 0;
     }
+    call_hold(c, req);
     if (rate_limit_take(s->limit, c->jid, call_on_token, c) != 0)
         call_on_token(-1, 0, c);
     return 0;
