@@ -56,6 +56,7 @@ struct rate_limit {
     char *name;
     char *key; /* tierone:ratelimit:<name> */
     double rate, burst;
+    char rate_arg[32], burst_arg[32]; /* the script's ARGV, formatted once */
 };
 
 struct take {
@@ -80,6 +81,8 @@ struct rate_limit *rate_limit_new(struct redis *r, const char *name, double rate
     rl->key = xasprintf("tierone:ratelimit:%s", name);
     rl->rate = rate;
     rl->burst = burst;
+    snprintf(rl->rate_arg, sizeof rl->rate_arg, "%.17g", rate);
+    snprintf(rl->burst_arg, sizeof rl->burst_arg, "%.17g", burst);
     return rl;
 }
 
@@ -115,11 +118,8 @@ static void rate_limit_on_reply(struct redis *r, redisReply *reply, void *data)
 
 int rate_limit_take(struct rate_limit *rl, const char *key, rate_limit_cb cb, void *arg)
 {
-    char rate[32], burst[32];
-    snprintf(rate, sizeof rate, "%.17g", rl->rate);
-    snprintf(burst, sizeof burst, "%.17g", rl->burst);
     char *rkey = key && *key ? xasprintf("%s:r:%s", rl->key, key) : xstrdup("");
-    const char *argv[4] = {rl->key, rkey, rate, burst};
+    const char *argv[4] = {rl->key, rkey, rl->rate_arg, rl->burst_arg};
     struct take *t = xmalloc(sizeof *t);
     t->cb = cb;
     t->arg = arg;

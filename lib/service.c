@@ -11,7 +11,6 @@
 #include "service.h"
 
 #include "clock.h"
-#include "log.h"
 #include "xalloc.h"
 
 #include <stdlib.h>
@@ -86,9 +85,6 @@ static void call_on_response(struct http_response *resp, void *arg)
 {
     struct service_call *c = arg;
     struct job_error *err = http_failure_classify(resp, &c->s->policy, c->what, clock_wall_s());
-    if (err)
-        log_job(LOG_DEBUG, c->jid, NULL, "%s: %s (%s)", c->s->policy.service, err->error_message,
-                job_error_kind_name(err->kind));
     c->cb(err, resp, c->arg);
     call_free(c);
 }
