@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #define SHIM_PREFIX "/webhooks/"
 
@@ -44,13 +43,9 @@ static const char *const shim_events[] = {
 };
 #define SHIM_NEVENTS (sizeof shim_events / sizeof shim_events[0])
 
-#define SHIM_RANDOM_POOL 4096 /* random bytes fetched at once for jids */
-
 struct shim {
     struct shim_opts o;
     char *token;
-    unsigned char pool[SHIM_RANDOM_POOL]; /* getrandom(2) output not yet used */
-    size_t pool_left;
     uint64_t in_flight;
     int stopping;
     struct metrics_family *requests;
@@ -337,31 +332,6 @@ static void shim_on_submitted(enum outbox_result res, const char *error, void *d
     free(c);
 }
 
-/* A new jid (24 lowercase hex characters, as sidekiq_jid_new makes them) from a pool of
- * getrandom(2) bytes, so most jobs need no system call for it. */
-static void shim_jid(struct shim *s, char jid[SIDEKIQ_JID_SIZE])
-{
-    static const char hex[] = "0123456789abcdef";
-    enum { BYTES = SIDEKIQ_JID_LEN / 2 };
-    if (s->pool_left < BYTES) {
-        size_t got = 0;
-        while (got < sizeof s->pool) {
-            ssize_t n = getrandom(s->pool + got, sizeof s->pool - got, 0);
-            if (n > 0)
-                got += (size_t)n;
-        }
-        s->pool_left = sizeof s->pool;
-    }
-    unsigned char *b = s->pool + sizeof s->pool - s->pool_left;
-    for (size_t i = 0; i < BYTES; i++) {
-        jid[2 * i] = hex[b[i] >> 4];
-        jid[2 * i + 1] = hex[b[i] & 15];
-    }
-    jid[SIDEKIQ_JID_LEN] = '\0';
-    memset(b, 0, BYTES); /* used bytes do not linger */
-    s->pool_left -= BYTES;
-}
-
 /* The job payload (see shim.h), built in one buffer: the same bytes sidekiq_payload()
  * gives for this spec, without its second scan of the argument it did not build. */
 static char *shim_payload(struct shim *s, const struct http_request *req, enum shim_path path,
@@ -374,7 +344,7 @@ static char *shim_payload(struct shim *s, const struct http_request *req, enum s
     buf_puts(&b, "{\"retry\":true,\"queue\":\"" SHIM_JOB_QUEUE "\",\"class\":\"" SHIM_JOB_CLASS
                  "\",\"args\":[");
     shim_job_arg(&b, req->body, req->body_len, delivery, ts, shim_path_names[path], now);
-    shim_jid(s, jid);
+    sidekiq_jid_new(jid);
     buf_puts(&b, "],\"jid\":\"");
     buf_append(&b, jid, SIDEKIQ_JID_LEN);
     job_format_time(t, sizeof t, s->o.ts_format, now);

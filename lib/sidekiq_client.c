@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 /* Keys the client writes itself; extra fields may not set them. */
 static const char *const sidekiq_reserved[] = {
@@ -41,21 +42,35 @@ static void sidekiq_seterr(char *err, size_t errcap, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Random bytes are drawn 4 KiB at a time, so most jids need no system call. The pool is per
+ * thread and refilled in a forked child, so two processes never hand out the same jids. */
+#define SIDEKIQ_JID_POOL 4096
+
 void sidekiq_jid_new(char out[SIDEKIQ_JID_SIZE])
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char bytes[12];
-    size_t got = 0;
-    while (got < sizeof bytes) {
-        ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
-        if (n > 0)
-            got += (size_t)n;
+    enum { BYTES = SIDEKIQ_JID_LEN / 2 };
+    static _Thread_local unsigned char pool[SIDEKIQ_JID_POOL];
+    static _Thread_local size_t left;
+    static _Thread_local pid_t owner;
+    if (left < BYTES || owner != getpid()) {
+        size_t got = 0;
+        while (got < sizeof pool) {
+            ssize_t n = getrandom(pool + got, sizeof pool - got, 0);
+            if (n > 0)
+                got += (size_t)n;
+        }
+        left = sizeof pool;
+        owner = getpid();
     }
-    for (size_t i = 0; i < sizeof bytes; i++) {
-        out[2 * i] = hex[bytes[i] >> 4];
-        out[2 * i + 1] = hex[bytes[i] & 15];
+    unsigned char *b = pool + sizeof pool - left;
+    for (size_t i = 0; i < BYTES; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
     }
     out[SIDEKIQ_JID_LEN] = '\0';
+    memset(b, 0, BYTES); /* used bytes do not linger */
+    left -= BYTES;
 }
 
 static const char *sidekiq_queue_name(const struct sidekiq_job_spec *spec)

@@ -51,7 +51,7 @@ struct sidekiq_opts {
     const char *key_prefix;       /* redis-namespace prefix such as "myapp:" (6.x); NULL = none */
 };
 
-/* A new jid (24 lowercase hex characters and a NUL) from getrandom(2). */
+/* A new jid (24 lowercase hex characters and a NUL) from getrandom(2), drawn in blocks. */
 void sidekiq_jid_new(char out[SIDEKIQ_JID_SIZE]);
 
 /* Build one job payload for spec at wall time now_s (created_at, and enqueued_at unless

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -311,6 +312,30 @@ Test(payload, jids)
         for (int k = 0; k < i; k++)
             cr_assert_str_neq(jids[i], jids[k]);
     }
+}
+
+/* jids come from a pool of random bytes: a forked child must not repeat its parent's. */
+Test(payload, jids_differ_across_fork)
+{
+    char warm[SIDEKIQ_JID_SIZE], parent[SIDEKIQ_JID_SIZE], child[SIDEKIQ_JID_SIZE] = "";
+    sidekiq_jid_new(warm); /* the pool is filled before the fork */
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        char jid[SIDEKIQ_JID_SIZE];
+        sidekiq_jid_new(jid);
+        _exit(write(fds[1], jid, SIDEKIQ_JID_SIZE) == SIDEKIQ_JID_SIZE ? 0 : 1);
+    }
+    sidekiq_jid_new(parent);
+    cr_assert_eq(read(fds[0], child, SIDEKIQ_JID_SIZE), SIDEKIQ_JID_SIZE);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    close(fds[0]);
+    close(fds[1]);
+    cr_assert(is_jid(child), "%s", child);
+    cr_assert_str_neq(parent, child, "parent and child drew the same jid");
 }
 
 /* ---- blocking client ------------------------------------------------------------------ */
