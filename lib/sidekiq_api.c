@@ -251,25 +251,46 @@ void sidekiq_api_entries_free(struct sidekiq_entry *e, size_t n)
     free(e);
 }
 
-/* The member of set whose jid is jid (new copy, length in *len), or NULL. */
+/* The member of set whose jid is jid (new copy, length in *len), or NULL (*failed says
+ * whether Redis failed). Like SortedSet#find_job: ZSCAN with a MATCH on the jid, so the
+ * server filters and the set is not read whole; each candidate's jid is then compared. */
 static char *entry_find(redisContext *c, const char *set, const char *jid, size_t *len, char **err,
                         int *failed)
 {
-    struct sidekiq_entry *e;
-    size_t n;
-    *failed = 0;
-    if (sidekiq_api_entries(c, set, NULL, 0, 1, &e, &n, err) != 0) {
-        *failed = 1;
-        return NULL;
+    struct buf pat = BUF_INIT;
+    buf_puts(&pat, "*");
+    for (const char *p = jid; *p; p++) {
+        if (strchr("*?[]\\", *p))
+            buf_append(&pat, "\\", 1);
+        buf_append(&pat, p, 1);
     }
+    buf_puts(&pat, "*");
+    char cursor[32] = "0";
     char *found = NULL;
-    for (size_t i = 0; i < n && !found; i++)
-        if (e[i].jid && strcmp(e[i].jid, jid) == 0) {
-            found = e[i].raw;
-            *len = e[i].len;
-            e[i].raw = NULL;
+    *failed = 0;
+    do {
+        redisReply *r = api_cmd(c, err, "ZSCAN %s %s MATCH %s COUNT 100", set, cursor, pat.data);
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            if (r)
+                api_error(err, "redis: unexpected ZSCAN reply");
+            freeReplyObject(r);
+            *failed = 1;
+            break;
         }
-    sidekiq_api_entries_free(e, n);
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        const redisReply *items = r->element[1];
+        for (size_t i = 0; i + 1 < items->elements && !found; i += 2) {
+            const redisReply *m = items->element[i];
+            char *mj = field_string(m->str, m->len, "jid");
+            if (mj && strcmp(mj, jid) == 0) {
+                found = xstrndup(m->str, m->len);
+                *len = m->len;
+            }
+            free(mj);
+        }
+        freeReplyObject(r);
+    } while (!found && strcmp(cursor, "0") != 0);
+    buf_free(&pat);
     return found;
 }
 
