@@ -9,8 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/random.h>
-#include <unistd.h>
 
 /* Keys the client writes itself; extra fields may not set them. */
 static const char *const sidekiq_reserved[] = {
@@ -43,34 +43,46 @@ static void sidekiq_seterr(char *err, size_t errcap, const char *fmt, ...)
 }
 
 /* Random bytes are drawn 4 KiB at a time, so most jids need no system call. The pool is per
- * thread and refilled in a forked child, so two processes never hand out the same jids. */
+ * thread and emptied in a forked child (pthread_atfork; the child's one thread is the one
+ * that forked), so two processes never hand out the same jids. */
 #define SIDEKIQ_JID_POOL 4096
+
+static _Thread_local unsigned char jid_pool[SIDEKIQ_JID_POOL];
+static _Thread_local size_t jid_pool_left;
+static pthread_once_t jid_pool_once = PTHREAD_ONCE_INIT;
+
+static void jid_pool_forget(void)
+{
+    jid_pool_left = 0;
+}
+
+static void jid_pool_register(void)
+{
+    pthread_atfork(NULL, NULL, jid_pool_forget);
+}
 
 void sidekiq_jid_new(char out[SIDEKIQ_JID_SIZE])
 {
     static const char hex[] = "0123456789abcdef";
     enum { BYTES = SIDEKIQ_JID_LEN / 2 };
-    static _Thread_local unsigned char pool[SIDEKIQ_JID_POOL];
-    static _Thread_local size_t left;
-    static _Thread_local pid_t owner;
-    if (left < BYTES || owner != getpid()) {
+    pthread_once(&jid_pool_once, jid_pool_register);
+    if (jid_pool_left < BYTES) {
         size_t got = 0;
-        while (got < sizeof pool) {
-            ssize_t n = getrandom(pool + got, sizeof pool - got, 0);
+        while (got < sizeof jid_pool) {
+            ssize_t n = getrandom(jid_pool + got, sizeof jid_pool - got, 0);
             if (n > 0)
                 got += (size_t)n;
         }
-        left = sizeof pool;
-        owner = getpid();
+        jid_pool_left = sizeof jid_pool;
     }
-    unsigned char *b = pool + sizeof pool - left;
+    unsigned char *b = jid_pool + sizeof jid_pool - jid_pool_left;
     for (size_t i = 0; i < BYTES; i++) {
         out[2 * i] = hex[b[i] >> 4];
         out[2 * i + 1] = hex[b[i] & 15];
     }
     out[SIDEKIQ_JID_LEN] = '\0';
     memset(b, 0, BYTES); /* used bytes do not linger */
-    left -= BYTES;
+    jid_pool_left -= BYTES;
 }
 
 static const char *sidekiq_queue_name(const struct sidekiq_job_spec *spec)
