@@ -97,7 +97,7 @@ start_shim() {
   SHIM_PID=$!
   local i
   for ((i = 0; i < 200; i++)); do
-    http_get /healthz 2>/dev/null | grep -q '^ok' && return 0
+    [[ $(http_get /healthz 2>/dev/null) == *$'\n'ok* ]] && return 0
     kill -0 "$SHIM_PID" 2>/dev/null || fail "tierone-ingest exited at start"
     sleep 0.05
   done
@@ -198,10 +198,10 @@ STEP="drain"
 wait "$CLIENT_PID" || fail "client failed: $(cat "$WORK/client.err")"
 CLIENT_PID=""
 for ((i = 0; i < 600; i++)); do
-  http_get /metrics | grep -q '^tierone_ingest_spool_depth 0$' && break
+  grep -q '^tierone_ingest_spool_depth 0$' <<<"$(http_get /metrics)" && break
   sleep 0.05
 done
-http_get /metrics | grep -q '^tierone_ingest_spool_depth 0$' || fail "the spool did not drain"
+grep -q '^tierone_ingest_spool_depth 0$' <<<"$(http_get /metrics)" || fail "the spool did not drain"
 
 STEP="stop"
 itest_stop_pid "$SHIM_PID" TERM
