@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "kb.h"
 #include "ops.h"
+#include "report.h"
 
 #include "log.h"
 
@@ -30,6 +31,8 @@ static const struct cli_command cli_commands[] = {
     {"quiet", "stop a process from fetching new jobs (TSTP via Redis)", cli_quiet,
      cli_signal_usage},
     {"stop", "shut a process down (TERM via Redis)", cli_stop, cli_signal_usage},
+    {"report", "per conversation: the customer's words, what the bot did or would do, and why",
+     cli_report, cli_report_usage},
     {"help", "list the commands, or show one command's options", cli_help, cli_help_usage},
 };
 

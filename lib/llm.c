@@ -359,8 +359,11 @@ static int llm_name_ok(const char *s)
 /* NULL when req is valid for c, else the reason (static). */
 static const char *llm_chat_check(const struct llm *c, const struct llm_chat_request *req)
 {
-    if (!c->model)
+    if (!c->model && !(req->model && *req->model))
         return "no chat model configured";
+    if (req->has_temperature && (isnan(req->temperature) || req->temperature < 0 ||
+                                 req->temperature > 2.0))
+        return "temperature must be between 0 and 2";
     if (!req->messages || req->nmessages == 0)
         return "no messages";
     for (size_t i = 0; i < req->nmessages; i++) {
@@ -399,8 +402,11 @@ static char *llm_chat_body(const struct llm *c, const struct llm_chat_request *r
     for (size_t i = 0; i < req->nmessages; i++)
         json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", req->messages[i].role,
                                               "content", req->messages[i].content));
-    json_t *body = json_pack("{s:s, s:o}", "model", c->model, "messages", msgs);
-    if (c->temperature >= 0)
+    const char *model = req->model && *req->model ? req->model : c->model;
+    json_t *body = json_pack("{s:s, s:o}", "model", model, "messages", msgs);
+    if (req->has_temperature)
+        json_object_set_new(body, "temperature", json_real(req->temperature));
+    else if (c->temperature >= 0)
         json_object_set_new(body, "temperature", json_real(c->temperature));
     if (c->max_tokens)
         json_object_set_new(

@@ -128,6 +128,9 @@ struct llm_chat_request {
     json_t *schema;          /* JSON schema of the answer (borrowed; an object); NULL: none */
     const char *schema_name; /* [a-zA-Z0-9_-]{1,64}; NULL: "answer" */
     int want_json;           /* without a schema: ask for a JSON object anyway (JSON mode) */
+    const char *model;       /* NULL or "": the client's model (e.g. a per-inbox override) */
+    int has_temperature;     /* 1: send `temperature` below instead of the client's */
+    double temperature;      /* 0..2 with has_temperature */
 };
 
 /* Why an answer cannot be used. */

@@ -5,17 +5,30 @@
 #include "diagnostic.h"
 #include "engine.h"
 #include "http_client.h"
+#include "linear.h"
+#include "llm.h"
 #include "log.h"
+#include "pipeline.h"
 
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#define S(field) offsetof(struct worker_settings, field)
+/* The worker's settings and the pipeline's, parsed by one table. */
+struct worker_main_settings {
+    struct worker_settings worker;
+    struct pipeline_settings pipeline;
+};
+
+#define S(field) offsetof(struct worker_main_settings, worker.field)
+#define P(field) offsetof(struct worker_main_settings, pipeline.field)
+
+static const char *const llm_format_names[] = {"json_schema", "json_object", "none", NULL};
+static const char *const llm_token_param_names[] = {"max_completion_tokens", "max_tokens", NULL};
 
 static const struct config_def worker_defs[] = {
-    COMMON_SETTING_REDIS_URL(struct worker_settings, redis_url),
+    COMMON_SETTING_REDIS_URL(struct worker_main_settings, worker.redis_url),
     {.key = "queues",
      .env = "TIERONE_QUEUES",
      .type = CONFIG_STRING,
@@ -40,7 +53,7 @@ static const struct config_def worker_defs[] = {
      .bounded = true,
      .help = "on SIGTERM, how long running jobs may finish before they are put back",
      .offset = S(shutdown_timeout_ms)},
-    COMMON_SETTING_ADMIN_HOST(struct worker_settings, admin_host),
+    COMMON_SETTING_ADMIN_HOST(struct worker_main_settings, worker.admin_host),
     {.key = "admin_port",
      .env = "TIERONE_ADMIN_PORT",
      .type = CONFIG_INT,
@@ -50,7 +63,7 @@ static const struct config_def worker_defs[] = {
      .bounded = true,
      .help = "port of the admin server; 0 = off",
      .offset = S(admin_port)},
-    COMMON_SETTING_TIMESTAMP_FORMAT(struct worker_settings, timestamp_format),
+    COMMON_SETTING_TIMESTAMP_FORMAT(struct worker_main_settings, worker.timestamp_format),
     {.key = "max_retries",
      .env = "TIERONE_MAX_RETRIES",
      .type = CONFIG_INT,
@@ -138,13 +151,206 @@ static const struct config_def worker_defs[] = {
      .def = "tierone",
      .help = "tag shown in Sidekiq's Web UI",
      .offset = S(tag)},
-    COMMON_SETTING_LOG_LEVEL(struct worker_settings, log_level),
+    COMMON_SETTING_LOG_LEVEL(struct worker_main_settings, worker.log_level),
     {.key = "diagnostic_jobs",
      .env = "TIERONE_DIAGNOSTIC_JOBS",
      .type = CONFIG_BOOL,
      .def = "0",
      .help = "register Tierone::Noop, Sleep, Fail, Record and HttpGet",
      .offset = S(diagnostic_jobs)},
+    /* ---- the support pipeline (queues/pipeline.h) ---- */
+    {.key = "database_url",
+     .env = "TIERONE_DATABASE_URL",
+     .type = CONFIG_STRING,
+     .secret = true,
+     .help = "PostgreSQL URL (knowledge base, turn ledger); unset = the pipeline is off",
+     .offset = P(database_url)},
+    {.key = "database_pool",
+     .env = "TIERONE_DATABASE_POOL",
+     .type = CONFIG_INT,
+     .def = "8",
+     .min = 1,
+     .max = 200,
+     .bounded = true,
+     .help = "PostgreSQL connections of this process",
+     .offset = P(database_pool)},
+    {.key = "chatwoot_base_url",
+     .env = "CHATWOOT_BASE_URL",
+     .type = CONFIG_STRING,
+     .help = "Chatwoot's URL, e.g. https://chat.example.com (required unless shadow)",
+     .offset = P(chatwoot_base_url)},
+    {.key = "chatwoot_bot_token",
+     .env = "CHATWOOT_BOT_TOKEN",
+     .type = CONFIG_STRING,
+     .secret = true,
+     .help = "the Agent Bot's access token (replies, notes, labels, hand-off)",
+     .offset = P(chatwoot_bot_token)},
+    {.key = "chatwoot_user_token",
+     .env = "CHATWOOT_USER_TOKEN",
+     .type = CONFIG_STRING,
+     .secret = true,
+     .help = "an administrator's access token (list messages, contacts)",
+     .offset = P(chatwoot_user_token)},
+    {.key = "chatwoot_rate",
+     .env = "TIERONE_CHATWOOT_RATE",
+     .type = CONFIG_INT,
+     .def = "2400",
+     .min = 0,
+     .max = 1000000,
+     .bounded = true,
+     .help = "Chatwoot requests per minute for the whole fleet (rack-attack allows 3000 per "
+             "IP); 0 = no limit",
+     .offset = P(chatwoot_rate_per_min)},
+    {.key = "llm_base_url",
+     .env = "LLM_BASE_URL",
+     .type = CONFIG_STRING,
+     .help = "OpenAI-compatible endpoint (OpenAI, LiteLLM, vLLM, Ollama); unset = "
+             "retrieval-only answers",
+     .offset = P(llm_base_url)},
+    {.key = "llm_api_key",
+     .env = "LLM_API_KEY",
+     .type = CONFIG_STRING,
+     .secret = true,
+     .help = "bearer key of the LLM endpoint",
+     .offset = P(llm_api_key)},
+    {.key = "llm_model",
+     .env = "LLM_MODEL",
+     .type = CONFIG_STRING,
+     .def = "gpt-4o-mini",
+     .help = "chat model (per-inbox \"model\" overrides it)",
+     .offset = P(llm_model)},
+    {.key = "llm_response_format",
+     .env = "LLM_RESPONSE_FORMAT",
+     .type = CONFIG_ENUM,
+     .def = "json_schema",
+     .choices = llm_format_names,
+     .help = "json_schema (structured outputs), json_object (JSON mode) or none",
+     .offset = P(llm_format)},
+    {.key = "llm_token_param",
+     .env = "LLM_TOKEN_PARAM",
+     .type = CONFIG_ENUM,
+     .def = "max_completion_tokens",
+     .choices = llm_token_param_names,
+     .help = "name of the token cap: max_completion_tokens or max_tokens (older servers)",
+     .offset = P(llm_token_param)},
+    {.key = "llm_max_tokens",
+     .env = "LLM_MAX_TOKENS",
+     .type = CONFIG_INT,
+     .def = "1000",
+     .min = 0,
+     .max = 1000000,
+     .bounded = true,
+     .help = "token cap of an answer; 0 = none sent",
+     .offset = P(llm_max_tokens)},
+    {.key = "llm_timeout",
+     .env = "LLM_TIMEOUT",
+     .type = CONFIG_DURATION,
+     .def = "60s",
+     .min = 100,
+     .max = 600000,
+     .bounded = true,
+     .help = "deadline of one LLM request",
+     .offset = P(llm_timeout_ms)},
+    {.key = "llm_rate",
+     .env = "TIERONE_LLM_RATE",
+     .type = CONFIG_INT,
+     .def = "0",
+     .min = 0,
+     .max = 10000000,
+     .bounded = true,
+     .help = "LLM requests per minute for the whole fleet; 0 = no limit",
+     .offset = P(llm_rate_per_min)},
+    {.key = "slack_webhook_url",
+     .env = "SLACK_WEBHOOK_URL",
+     .type = CONFIG_STRING,
+     .secret = true,
+     .help = "Slack incoming webhook for escalations; unset = none",
+     .offset = P(slack_webhook_url)},
+    {.key = "linear_api_key",
+     .env = "LINEAR_API_KEY",
+     .type = CONFIG_STRING,
+     .secret = true,
+     .help = "Linear API key (lin_api_...) or OAuth token; unset = no Linear issues",
+     .offset = P(linear_api_key)},
+    {.key = "linear_team_id",
+     .env = "LINEAR_TEAM_ID",
+     .type = CONFIG_STRING,
+     .help = "Linear team of new issues (per-inbox \"linear_team_id\" overrides it)",
+     .offset = P(linear_team_id)},
+    {.key = "linear_api_url",
+     .env = "LINEAR_API_URL",
+     .type = CONFIG_STRING,
+     .def = LINEAR_DEFAULT_API_URL,
+     .help = "Linear's GraphQL endpoint",
+     .offset = P(linear_api_url)},
+    {.key = "linear_rate",
+     .env = "TIERONE_LINEAR_RATE",
+     .type = CONFIG_INT,
+     .def = "1200",
+     .min = 0,
+     .max = 1000000,
+     .bounded = true,
+     .help = "Linear requests per hour for the whole fleet (Linear allows 1,500 per API key); "
+             "0 = no limit",
+     .offset = P(linear_rate_per_hour)},
+    {.key = "inbox_config",
+     .env = "TIERONE_INBOX_CONFIG",
+     .type = CONFIG_STRING,
+     .help = "per-inbox JSON settings file (queues/inbox_config.h); unset = defaults",
+     .offset = P(inbox_config_path)},
+    {.key = "shadow",
+     .env = "TIERONE_SHADOW",
+     .type = CONFIG_BOOL,
+     .def = "0",
+     .help = "record every outward effect in the effects table instead of sending it",
+     .offset = P(shadow)},
+    {.key = "debounce",
+     .env = "TIERONE_DEBOUNCE",
+     .type = CONFIG_DURATION,
+     .def = "3s",
+     .min = 0,
+     .max = 600000,
+     .bounded = true,
+     .help = "wait after a customer message so a burst gets one answer",
+     .offset = P(debounce_ms)},
+    {.key = "ai_retries",
+     .env = "TIERONE_AI_RETRIES",
+     .type = CONFIG_INT,
+     .def = "3",
+     .min = 0,
+     .max = 25,
+     .bounded = true,
+     .help = "retries of Retrieve and Decide before the turn is escalated (fail-safe)",
+     .offset = P(ai_retries)},
+    {.key = "contact_sync_sql",
+     .env = "TIERONE_CONTACT_SYNC_SQL",
+     .type = CONFIG_STRING,
+     .help = "SELECT identifier, name, email, phone, attributes ... for ContactSync; unset = off",
+     .offset = P(contact_sync_sql)},
+    {.key = "contact_sync_database_url",
+     .env = "TIERONE_CONTACT_SYNC_DATABASE_URL",
+     .type = CONFIG_STRING,
+     .secret = true,
+     .help = "database the ContactSync query runs on; unset = TIERONE_DATABASE_URL",
+     .offset = P(contact_sync_database_url)},
+    {.key = "contact_sync_account",
+     .env = "TIERONE_CONTACT_SYNC_ACCOUNT",
+     .type = CONFIG_INT,
+     .def = "1",
+     .min = 1,
+     .max = 1e12,
+     .bounded = true,
+     .help = "Chatwoot account the synced contacts belong to",
+     .offset = P(contact_sync_account)},
+    {.key = "contact_sync_interval",
+     .env = "TIERONE_CONTACT_SYNC_INTERVAL",
+     .type = CONFIG_DURATION,
+     .def = "10m",
+     .min = 1000,
+     .max = 86400000,
+     .bounded = true,
+     .help = "how often ContactSync runs (the first run of each UTC day is a full pass)",
+     .offset = P(contact_sync_interval_ms)},
 };
 
 static const struct config_spec worker_spec = {
@@ -156,27 +362,36 @@ static const struct config_spec worker_spec = {
 
 int main(int argc, char **argv)
 {
-    struct worker_settings cfg = {0};
-    enum config_action act = config_main(&worker_spec, &cfg, argc, argv, NULL);
+    struct worker_main_settings all = {0};
+    struct worker_settings *cfg = &all.worker;
+    enum config_action act = config_main(&worker_spec, &all, argc, argv, NULL);
     if (act != CONFIG_RUN)
         return act;
-    log_init("worker", (enum log_level)cfg.log_level);
+    log_init("worker", (enum log_level)cfg->log_level);
     /* A peer that resets a socket (an admin client, a dying Redis) must not kill us. */
     signal(SIGPIPE, SIG_IGN);
 
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct worker w;
+    struct pipeline pipeline;
     char err[256];
-    if (worker_init(&w, &loop, &cfg, err, sizeof err) != 0) {
+    int failed = worker_init(&w, &loop, cfg, err, sizeof err) != 0;
+    if (!failed && cfg->diagnostic_jobs)
+        diagnostic_register(&w);
+    if (!failed && all.pipeline.database_url)
+        failed = pipeline_init(&pipeline, &w, &all.pipeline, err, sizeof err) != 0;
+    else if (!failed)
+        log_warn("TIERONE_DATABASE_URL is not set: the support pipeline's job types are off");
+    if (failed) {
         fprintf(stderr, "tierone-worker: %s\n", err);
+        if (w.app_close)
+            w.app_close(w.app);
         uv_run(&loop, UV_RUN_NOWAIT); /* let a failed listener close */
         worker_free(&w);
-        config_free(&worker_spec, &cfg);
+        config_free(&worker_spec, &all);
         return 2;
     }
-    if (cfg.diagnostic_jobs)
-        diagnostic_register(&w);
     worker_start(&w);
     uv_run(&loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(&loop);
@@ -184,6 +399,6 @@ int main(int argc, char **argv)
         log_error("event loop closed with handles still open: %s", uv_strerror(rc));
     worker_free(&w);
     http_client_global_cleanup();
-    config_free(&worker_spec, &cfg);
+    config_free(&worker_spec, &all);
     return rc == 0 ? 0 : 1;
 }

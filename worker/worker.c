@@ -221,6 +221,10 @@ static void worker_close_all(struct worker *w)
     uv_close((uv_handle_t *)&w->sig_tstp, NULL);
     redis_close(w->redis, NULL, NULL);
     w->redis = NULL;
+    /* Last: the application's clients borrow the HTTP client and Redis, whose requests in
+     * flight have just completed as cancelled. */
+    if (w->app_close)
+        w->app_close(w->app);
     log_info("stopped");
 }
 

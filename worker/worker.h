@@ -115,6 +115,10 @@ struct worker {
     int closing;
     uv_timer_t stop_timer;
     uv_signal_t sig_term, sig_int, sig_tstp;
+    /* the application on top of the engine (the support pipeline): job types reach it
+     * through job_ctx_worker(ctx)->app; app_close runs when the worker closes */
+    void *app;
+    void (*app_close)(void *app);
 };
 
 /* Build the worker on loop from cfg (borrowed; must outlive the worker). Returns 0, or -1

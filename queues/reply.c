@@ -1,0 +1,303 @@
+/* reply: Tierone::Reply (queue actions), args [turn_id] — post the turn's answer to the
+ * customer, once, and only while the bot may still speak (DESIGN.md §2, issue 6).
+ *
+ * States, one callback each:
+ *   LOAD      turn_load. A finished turn: done (a re-run after the end). The decision must
+ *             say "answer" (else a permanent ArgumentError), except a decision the reply
+ *             cap rewrote (by "reply_cap"), which re-enqueues Escalate (CAPPED).
+ *   LEDGER    the conversations row: a status the inbox does not serve, or human_active,
+ *             drops the turn ("dropped", reason). No row: nothing known, carry on.
+ *             A turn that is no longer the newest of its conversation is "superseded"
+ *             (the newer turn's question reads this message too).
+ *   FRESH     (live inbox with Chatwoot) GET the conversation: an unserved status, or
+ *             meta.assignee_type "User" (a human took it), drops the turn.
+ *   CAP       count the conversation's replies in the last hour (effects 'reply' pending,
+ *             sent or shadow, other turns). At inbox->max_replies_per_hour: rewrite the
+ *             decision to escalate ("reply cap reached (N in the last hour)", by
+ *             "reply_cap") and enqueue Escalate instead (CAPPED).
+ *   POST      chatwoot_post.h: effect "reply" with the marker
+ *             content_attributes.tierone_turn = "<account>:<conversation>:<message>", with
+ *             the bot token; a retry after an unknown outcome looks for the marker first.
+ *   FINISH    turn_finish("answered"), then job_done.
+ *
+ * Idempotent: the effect row says whether the answer went out (SENT: skip), and the marker
+ * finds a post whose outcome was lost (PENDING). The checks before the post run again on a
+ * re-run, which is right: they guard the send, and a sent reply skips the send anyway.
+ * Failures: PostgreSQL and Chatwoot errors come classified from their clients and are
+ * passed to job_done unchanged (a 429 retries at the end of Chatwoot's minute). */
+#include "chatwoot.h"
+#include "chatwoot_post.h"
+#include "log.h"
+#include "pg.h"
+#include "pipeline.h"
+#include "turn.h"
+#include "xalloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char REPLY_LEDGER_SQL[] = "SELECT status, human_active FROM conversations"
+                                       " WHERE account_id = $1 AND conversation_id = $2";
+
+static const char REPLY_CAP_SQL[] =
+    "SELECT count(*) FROM effects e JOIN turns t ON t.id = e.turn_id"
+    " WHERE t.account_id = $1 AND t.conversation_id = $2 AND e.turn_id <> $3"
+    " AND e.kind = 'reply' AND e.state IN ('pending', 'sent', 'shadow')"
+    " AND e.created_at > now() - interval '1 hour'";
+
+static const char REPLY_CAP_DECISION_SQL[] =
+    "UPDATE turns SET decision = coalesce(decision, '{}'::jsonb)"
+    " || jsonb_build_object('action', 'escalate', 'reason', $2::text, 'by', 'reply_cap')"
+    " WHERE id = $1 AND state = 'open'";
+
+struct reply {
+    struct job_ctx *ctx;
+    struct pipeline *p;
+    const char *jid;
+    struct turn *t;
+    const struct inbox_settings *inbox;
+    int shadow;
+    char key[96];    /* "<account>:<conversation>:<message>" */
+    char ids[3][32]; /* account, conversation, turn id as SQL parameters */
+    char reason[96]; /* the cap's reason */
+};
+
+static void reply_done(struct reply *r, struct job_error *err)
+{
+    struct job_ctx *ctx = r->ctx;
+    job_ctx_set_state(ctx, NULL);
+    turn_free(r->t);
+    free(r);
+    job_done(ctx, err);
+}
+
+static struct job_error *reply_pool_closing(const char *what)
+{
+    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
+                         what);
+}
+
+static void reply_on_finished(struct job_error *err, void *arg)
+{
+    reply_done(arg, err);
+}
+
+/* End the turn with state and reason, then the job. */
+static void reply_finish_turn(struct reply *r, const char *state, const char *reason)
+{
+    if (reason)
+        log_job(LOG_INFO, r->jid, PIPELINE_REPLY, "turn %lld %s: %s", r->t->id, state, reason);
+    if (turn_finish(r->p->pg, r->t->id, state, reason, reply_on_finished, r) != 0)
+        reply_done(r, reply_pool_closing("finish turn"));
+}
+
+/* ---- POST ------------------------------------------------------------------------------ */
+
+static void reply_on_posted(struct job_error *err, enum chatwoot_post_outcome outcome,
+                            long long message_id, void *arg)
+{
+    struct reply *r = arg;
+    if (err) {
+        reply_done(r, err);
+        return;
+    }
+    log_job(LOG_INFO, r->jid, PIPELINE_REPLY, "turn %lld answered (%s, message %lld)", r->t->id,
+            chatwoot_post_outcome_name(outcome), message_id);
+    reply_finish_turn(r, "answered", NULL);
+}
+
+static void reply_post(struct reply *r)
+{
+    const char *answer = json_string_value(json_object_get(r->t->decision, "answer"));
+    struct chatwoot_post m = {
+        .turn_id = r->t->id,
+        .kind = "reply",
+        .account = r->t->account,
+        .conversation = r->t->conversation,
+        .after_message = r->t->message,
+        .content = answer,
+        .private_note = 0,
+        .marker_key = "tierone_turn",
+        .marker_value = r->key,
+        .shadow = r->shadow,
+        .jid = r->jid,
+        .klass = PIPELINE_REPLY,
+    };
+    if (chatwoot_post_send(r->p, &m, reply_on_posted, r) != 0)
+        reply_done(r, reply_pool_closing("claim reply"));
+}
+
+/* ---- CAP ------------------------------------------------------------------------------- */
+
+static void reply_on_escalate_enqueued(struct job_error *err, void *arg)
+{
+    reply_done(arg, err);
+}
+
+static void reply_enqueue_escalate(struct reply *r)
+{
+    if (pipeline_enqueue(r->p, PIPELINE_ESCALATE, r->t->id, 0, reply_on_escalate_enqueued, r) != 0)
+        reply_done(r, job_error_new(JOB_ERR_PERMANENT, "Tierone::Pipeline", "cannot enqueue %s",
+                                    PIPELINE_ESCALATE));
+}
+
+static void reply_on_cap_decision(const struct pg_result *res, void *arg)
+{
+    struct reply *r = arg;
+    struct job_error *err = pg_result_job_error(res, "rewrite decision (reply cap)");
+    if (err) {
+        reply_done(r, err);
+        return;
+    }
+    log_job(LOG_WARN, r->jid, PIPELINE_REPLY, "turn %lld: %s; escalating", r->t->id, r->reason);
+    reply_enqueue_escalate(r);
+}
+
+static void reply_on_cap(const struct pg_result *res, void *arg)
+{
+    struct reply *r = arg;
+    struct job_error *err = pg_result_job_error(res, "count replies");
+    if (err) {
+        reply_done(r, err);
+        return;
+    }
+    const char *v = pg_result_value(res, 0, 0);
+    long long n = v ? strtoll(v, NULL, 10) : 0;
+    if (n < r->inbox->max_replies_per_hour) {
+        reply_post(r);
+        return;
+    }
+    snprintf(r->reason, sizeof r->reason, "reply cap reached (%lld in the last hour)", n);
+    const char *params[] = {r->ids[2], r->reason};
+    if (pg_query(r->p->pg, REPLY_CAP_DECISION_SQL, 2, params, reply_on_cap_decision, r) != 0)
+        reply_done(r, reply_pool_closing("rewrite decision"));
+}
+
+static void reply_cap(struct reply *r)
+{
+    const char *params[] = {r->ids[0], r->ids[1], r->ids[2]};
+    if (pg_query(r->p->pg, REPLY_CAP_SQL, 3, params, reply_on_cap, r) != 0)
+        reply_done(r, reply_pool_closing("count replies"));
+}
+
+/* ---- FRESH ----------------------------------------------------------------------------- */
+
+static void reply_on_conversation(struct job_error *err, json_t *conv, void *arg)
+{
+    struct reply *r = arg;
+    if (err) {
+        reply_done(r, err);
+        return;
+    }
+    const char *status = json_string_value(json_object_get(conv, "status"));
+    const char *assignee_type =
+        json_string_value(json_object_get(json_object_get(conv, "meta"), "assignee_type"));
+    char reason[128];
+    if (!status || !inbox_serves_status(r->inbox, status)) {
+        snprintf(reason, sizeof reason, "conversation is %s", status ? status : "(no status)");
+        reply_finish_turn(r, "dropped", reason);
+    } else if (assignee_type && strcmp(assignee_type, "User") == 0) {
+        reply_finish_turn(r, "dropped", "a human took over (assigned to an agent)");
+    } else {
+        reply_cap(r);
+    }
+}
+
+static void reply_fresh(struct reply *r)
+{
+    if (!r->p->chatwoot || r->shadow) {
+        reply_cap(r);
+        return;
+    }
+    if (chatwoot_get_conversation(r->p->chatwoot, r->jid, (long)r->t->account,
+                                  (long)r->t->conversation, reply_on_conversation, r) != 0)
+        reply_done(r, job_error_new(JOB_ERR_PERMANENT, "Tierone::Chatwoot::Refused",
+                                    "get conversation: %s", chatwoot_last_error(r->p->chatwoot)));
+}
+
+/* ---- LEDGER ---------------------------------------------------------------------------- */
+
+static void reply_on_ledger(const struct pg_result *res, void *arg)
+{
+    struct reply *r = arg;
+    struct job_error *err = pg_result_job_error(res, "read conversation");
+    if (err) {
+        reply_done(r, err);
+        return;
+    }
+    char reason[128];
+    if (pg_result_nrows(res) == 1) {
+        const char *status = pg_result_value(res, 0, 0);
+        const char *human = pg_result_value(res, 0, 1);
+        if (human && strcmp(human, "t") == 0) {
+            reply_finish_turn(r, "dropped", "a human took over");
+            return;
+        }
+        if (status && !inbox_serves_status(r->inbox, status)) {
+            snprintf(reason, sizeof reason, "conversation is %s", status);
+            reply_finish_turn(r, "dropped", reason);
+            return;
+        }
+    }
+    if (!turn_is_newest(r->t)) {
+        snprintf(reason, sizeof reason, "a newer message (%lld) arrived", r->t->newest_message);
+        reply_finish_turn(r, "superseded", reason);
+        return;
+    }
+    reply_fresh(r);
+}
+
+/* ---- LOAD ------------------------------------------------------------------------------ */
+
+static void reply_on_turn(struct job_error *err, struct turn *t, void *arg)
+{
+    struct reply *r = arg;
+    if (err) {
+        reply_done(r, err);
+        return;
+    }
+    r->t = t;
+    if (turn_is_finished(t)) {
+        reply_done(r, NULL);
+        return;
+    }
+    snprintf(r->key, sizeof r->key, "%lld:%lld:%lld", t->account, t->conversation, t->message);
+    snprintf(r->ids[0], sizeof r->ids[0], "%lld", t->account);
+    snprintf(r->ids[1], sizeof r->ids[1], "%lld", t->conversation);
+    r->inbox = inbox_config_get(r->p->inboxes, t->inbox);
+    r->shadow = pipeline_shadow(r->p, r->inbox);
+    const char *action = json_string_value(json_object_get(t->decision, "action"));
+    const char *by = json_string_value(json_object_get(t->decision, "by"));
+    const char *answer = json_string_value(json_object_get(t->decision, "answer"));
+    if (action && by && !strcmp(action, "escalate") && !strcmp(by, "reply_cap")) {
+        reply_enqueue_escalate(r); /* a re-run after the cap rewrote the decision */
+        return;
+    }
+    if (!action || strcmp(action, "answer") != 0 || !answer || !*answer) {
+        reply_done(r, job_error_new(JOB_ERR_PERMANENT, "ArgumentError",
+                                    "turn %lld has no answer to post (decision action %s)", t->id,
+                                    action ? action : "missing"));
+        return;
+    }
+    const char *params[] = {r->ids[0], r->ids[1]};
+    if (pg_query(r->p->pg, REPLY_LEDGER_SQL, 2, params, reply_on_ledger, r) != 0)
+        reply_done(r, reply_pool_closing("read conversation"));
+}
+
+static void reply_perform(struct job_ctx *ctx)
+{
+    long long id = pipeline_turn_arg(ctx, PIPELINE_REPLY);
+    if (id < 0)
+        return;
+    struct reply *r = xcalloc(1, sizeof *r);
+    r->ctx = ctx;
+    r->p = pipeline_of(ctx);
+    r->jid = job_ctx_job(ctx)->jid;
+    snprintf(r->ids[2], sizeof r->ids[2], "%lld", id);
+    job_ctx_set_state(ctx, r);
+    if (turn_load(r->p->pg, id, reply_on_turn, r) != 0)
+        reply_done(r, reply_pool_closing("load turn"));
+}
+
+const struct job_type reply_type = {PIPELINE_REPLY, reply_perform, NULL};

@@ -1,0 +1,288 @@
+/* retrieve: Tierone::Retrieve (queue ai), args [turn_id] — the knowledge base passages for
+ * the turn's question (DESIGN.md §2, issue 6).
+ *
+ * States, one callback each:
+ *   LOAD     turn_load. A finished turn: done. A turn that is no longer the newest of its
+ *            conversation: turn_finish "superseded" ("a newer message of the burst is
+ *            answered instead"; the newer turn's question reads this one), then done.
+ *   BURST    one statement: the question is the burst's messages joined with newlines,
+ *            oldest first (this conversation's turns up to this one, after the newest turn
+ *            that ended answered, escalated or dropped, that are open or were superseded),
+ *            and the older open turns of the burst become "superseded" ("answered with turn
+ *            <id>"). Superseded turns count because nobody answered them: they were
+ *            superseded by this turn earlier (a retry), by their own Retrieve (not the
+ *            newest), or by a turn that was itself superseded before it answered.
+ *   SEARCH   kb_search on the inbox's knowledge base, k = the inbox's passages (skipped for
+ *            an empty question: no passages).
+ *   STORE    question and passages ([{id, score, source, title, heading_path, content}],
+ *            best first) on the turn.
+ *   ENQUEUE  Tierone::Decide; job_done in its callback.
+ *
+ * Idempotent: a re-run recomputes and overwrites its own columns; the burst statement counts
+ * the turns this turn superseded earlier as part of its burst, so a retry asks the same
+ * question. Enqueueing Decide twice is harmless (Decide stores one decision).
+ * Failures: PostgreSQL and Redis errors come classified and go to job_done unchanged; a
+ * failed search is retryable (Tierone::KB::SearchFailed). On the job's last attempt a
+ * retryable failure takes the fail-safe instead (decide.h): the turn is escalated with
+ * "assistant unavailable: <error>". */
+#include "decide.h"
+#include "kb_search.h"
+#include "log.h"
+#include "pg.h"
+#include "pipeline.h"
+#include "turn.h"
+#include "xalloc.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Longest question sent to the search, in bytes (a long e-mail adds nothing but cost). */
+#define RETRIEVE_SEARCH_MAX 4000
+
+/* $1 the turn id, $2 "answered with turn <id>". Every sub-statement sees the same snapshot,
+ * so `burst` reads the states from before `older` changes them. */
+static const char RETRIEVE_BURST_SQL[] =
+    "WITH cur AS (SELECT account_id, conversation_id, message_id FROM turns WHERE id = $1),"
+    " last_end AS (SELECT coalesce(max(t.message_id), 0) AS m FROM turns t, cur"
+    "   WHERE t.account_id = cur.account_id AND t.conversation_id = cur.conversation_id"
+    "   AND t.state IN ('answered', 'escalated', 'dropped')),"
+    " burst AS (SELECT t.id, t.message_id, t.content FROM turns t, cur, last_end"
+    "   WHERE t.account_id = cur.account_id AND t.conversation_id = cur.conversation_id"
+    "   AND t.message_id <= cur.message_id AND t.message_id > last_end.m"
+    "   AND t.state IN ('open', 'superseded')),"
+    " older AS (UPDATE turns SET state = 'superseded', outcome_reason = $2, finished_at = now()"
+    "   WHERE id IN (SELECT id FROM burst) AND id <> $1 AND state = 'open' RETURNING id)"
+    " SELECT (SELECT string_agg(content, E'\\n' ORDER BY message_id) FROM burst),"
+    " (SELECT count(*) FROM older)";
+
+static const char RETRIEVE_STORE_SQL[] =
+    "UPDATE turns SET question = $2, passages = $3::jsonb WHERE id = $1";
+
+struct retrieve {
+    struct job_ctx *ctx;
+    struct pipeline *p;
+    const char *jid;
+    long long id;
+    char idtext[32];
+    char superseded_by[48]; /* "answered with turn <id>" */
+    struct turn *t;
+    const struct inbox_settings *inbox;
+    char *question;
+    json_t *passages;
+    struct job_error *failed; /* the error held while the fail-safe runs */
+};
+
+static void retrieve_done(struct retrieve *r, struct job_error *err)
+{
+    struct job_ctx *ctx = r->ctx;
+    job_ctx_set_state(ctx, NULL);
+    turn_free(r->t);
+    free(r->question);
+    json_decref(r->passages);
+    job_error_free(r->failed);
+    free(r);
+    job_done(ctx, err);
+}
+
+static struct job_error *retrieve_pool_closing(const char *what)
+{
+    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
+                         what);
+}
+
+static void retrieve_on_failsafe(struct job_error *err, void *arg)
+{
+    struct retrieve *r = arg;
+    struct job_error *orig = r->failed;
+    r->failed = NULL;
+    if (err) { /* the fail-safe could not run either: fail with the original error */
+        log_job(LOG_WARN, r->jid, PIPELINE_RETRIEVE, "turn %lld: fail-safe failed: %s", r->id,
+                err->error_message);
+        job_error_free(err);
+        retrieve_done(r, orig);
+        return;
+    }
+    job_error_free(orig);
+    retrieve_done(r, NULL);
+}
+
+/* A step failed with err: the fail-safe on the last attempt, else the error as it is. */
+static void retrieve_fail(struct retrieve *r, struct job_error *err)
+{
+    if (decide_failsafe_due(r->p, job_ctx_job(r->ctx), err)) {
+        r->failed = err;
+        if (decide_failsafe(r->p, r->jid, PIPELINE_RETRIEVE, r->id, err->error_message,
+                            retrieve_on_failsafe, r) == 0)
+            return;
+        r->failed = NULL;
+    }
+    retrieve_done(r, err);
+}
+
+/* ---- ENQUEUE ---------------------------------------------------------------------------- */
+
+static void retrieve_on_enqueued(struct job_error *err, void *arg)
+{
+    struct retrieve *r = arg;
+    if (err)
+        retrieve_fail(r, err);
+    else
+        retrieve_done(r, NULL);
+}
+
+/* ---- STORE ------------------------------------------------------------------------------ */
+
+static void retrieve_on_stored(const struct pg_result *res, void *arg)
+{
+    struct retrieve *r = arg;
+    struct job_error *err = pg_result_job_error(res, "store passages");
+    if (err) {
+        retrieve_fail(r, err);
+        return;
+    }
+    if (pipeline_enqueue(r->p, PIPELINE_DECIDE, r->id, 0, retrieve_on_enqueued, r) != 0)
+        retrieve_done(r, job_error_new(JOB_ERR_PERMANENT, "Tierone::Pipeline", "cannot enqueue %s",
+                                       PIPELINE_DECIDE));
+}
+
+static void retrieve_store(struct retrieve *r)
+{
+    char *passages = json_dumps(r->passages, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    const char *params[] = {r->idtext, r->question, passages};
+    int rc = pg_query(r->p->pg, RETRIEVE_STORE_SQL, 3, params, retrieve_on_stored, r);
+    free(passages);
+    if (rc != 0)
+        retrieve_done(r, retrieve_pool_closing("store passages"));
+}
+
+/* ---- SEARCH ----------------------------------------------------------------------------- */
+
+static void retrieve_on_search(const char *error, const struct kb_hit *hits, size_t n, void *arg)
+{
+    struct retrieve *r = arg;
+    if (error) {
+        retrieve_fail(r, job_error_new(JOB_ERR_RETRY, "Tierone::KB::SearchFailed",
+                                       "kb search in %s: %s", r->inbox->knowledge_base, error));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(r->passages,
+                              json_pack("{s:I, s:f, s:s, s:s, s:s, s:s}", "id",
+                                        (json_int_t)hits[i].chunk_id, "score", hits[i].score,
+                                        "source", hits[i].source ? hits[i].source : "", "title",
+                                        hits[i].title ? hits[i].title : "", "heading_path",
+                                        hits[i].heading_path ? hits[i].heading_path : "", "content",
+                                        hits[i].content ? hits[i].content : ""));
+    log_job(LOG_DEBUG, r->jid, PIPELINE_RETRIEVE, "turn %lld: %zu passages from %s (best %.2f)",
+            r->id, n, r->inbox->knowledge_base, n ? hits[0].score : 0.0);
+    retrieve_store(r);
+}
+
+/* The question cut for the search at a character boundary. New string. */
+static char *retrieve_search_text(const char *q)
+{
+    size_t len = strlen(q);
+    if (len <= RETRIEVE_SEARCH_MAX)
+        return xstrdup(q);
+    len = RETRIEVE_SEARCH_MAX;
+    while (len > 0 && ((unsigned char)q[len] & 0xC0) == 0x80)
+        len--;
+    return xstrndup(q, len);
+}
+
+static void retrieve_search(struct retrieve *r)
+{
+    r->passages = json_array();
+    const char *q = r->question;
+    while (isspace((unsigned char)*q))
+        q++;
+    if (!*q) { /* nothing to search for (an attachment only): no passages */
+        retrieve_store(r);
+        return;
+    }
+    char *text = retrieve_search_text(r->question);
+    struct kb_search_request req = {
+        .kb = r->inbox->knowledge_base, .question = text, .k = (size_t)r->inbox->passages};
+    int rc = kb_search(r->p->pg, &req, retrieve_on_search, r);
+    free(text);
+    if (rc != 0)
+        retrieve_done(r, retrieve_pool_closing("kb search"));
+}
+
+/* ---- BURST ------------------------------------------------------------------------------ */
+
+static void retrieve_on_burst(const struct pg_result *res, void *arg)
+{
+    struct retrieve *r = arg;
+    struct job_error *err = pg_result_job_error(res, "read burst");
+    if (err) {
+        retrieve_fail(r, err);
+        return;
+    }
+    const char *q = pg_result_value(res, 0, 0);
+    const char *older = pg_result_value(res, 0, 1);
+    r->question = xstrdup(q ? q : r->t->content);
+    if (older && strcmp(older, "0") != 0)
+        log_job(LOG_INFO, r->jid, PIPELINE_RETRIEVE, "turn %lld answers %s older message(s) too",
+                r->id, older);
+    retrieve_search(r);
+}
+
+/* ---- LOAD ------------------------------------------------------------------------------- */
+
+static void retrieve_on_finished(struct job_error *err, void *arg)
+{
+    struct retrieve *r = arg;
+    if (err)
+        retrieve_fail(r, err);
+    else
+        retrieve_done(r, NULL);
+}
+
+static void retrieve_on_turn(struct job_error *err, struct turn *t, void *arg)
+{
+    struct retrieve *r = arg;
+    if (err) {
+        retrieve_fail(r, err);
+        return;
+    }
+    r->t = t;
+    if (turn_is_finished(t)) {
+        retrieve_done(r, NULL);
+        return;
+    }
+    if (!turn_is_newest(t)) {
+        log_job(LOG_INFO, r->jid, PIPELINE_RETRIEVE, "turn %lld superseded by message %lld", t->id,
+                t->newest_message);
+        if (turn_finish(r->p->pg, t->id, "superseded",
+                        "a newer message of the burst is answered instead", retrieve_on_finished,
+                        r) != 0)
+            retrieve_done(r, retrieve_pool_closing("finish turn"));
+        return;
+    }
+    r->inbox = inbox_config_get(r->p->inboxes, t->inbox);
+    const char *params[] = {r->idtext, r->superseded_by};
+    if (pg_query(r->p->pg, RETRIEVE_BURST_SQL, 2, params, retrieve_on_burst, r) != 0)
+        retrieve_done(r, retrieve_pool_closing("read burst"));
+}
+
+static void retrieve_perform(struct job_ctx *ctx)
+{
+    long long id = pipeline_turn_arg(ctx, PIPELINE_RETRIEVE);
+    if (id < 0)
+        return;
+    struct retrieve *r = xcalloc(1, sizeof *r);
+    r->ctx = ctx;
+    r->p = pipeline_of(ctx);
+    r->jid = job_ctx_job(ctx)->jid;
+    r->id = id;
+    snprintf(r->idtext, sizeof r->idtext, "%lld", id);
+    snprintf(r->superseded_by, sizeof r->superseded_by, "answered with turn %lld", id);
+    job_ctx_set_state(ctx, r);
+    if (turn_load(r->p->pg, id, retrieve_on_turn, r) != 0)
+        retrieve_done(r, retrieve_pool_closing("load turn"));
+}
+
+const struct job_type retrieve_type = {PIPELINE_RETRIEVE, retrieve_perform, NULL};
