@@ -361,8 +361,8 @@ static const char *llm_chat_check(const struct llm *c, const struct llm_chat_req
 {
     if (!c->model && !(req->model && *req->model))
         return "no chat model configured";
-    if (req->has_temperature && (isnan(req->temperature) || req->temperature < 0 ||
-                                 req->temperature > 2.0))
+    if (req->has_temperature &&
+        (isnan(req->temperature) || req->temperature < 0 || req->temperature > 2.0))
         return "temperature must be between 0 and 2";
     if (!req->messages || req->nmessages == 0)
         return "no messages";
