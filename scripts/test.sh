@@ -220,6 +220,7 @@ fi
 # The run.
 
 step deps deps_install
+step helm-tools bash scripts/lib/helm_tools.sh
 step configure configure "$BUILD_DIR" RelWithDebInfo OFF
 step build build "$BUILD_DIR"
 step format-check cmake --build "$BUILD_DIR" --target format-check || true

