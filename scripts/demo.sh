@@ -88,12 +88,12 @@ INGEST_PID=$!
 SHADOW=1
 [ "$LIVE" = 1 ] && SHADOW=0
 if [ -n "$CHATWOOT_URL" ]; then
-  : "${CHATWOOT_BOT_TOKEN:?set CHATWOOT_BOT_TOKEN (the Agent Bot's token) for --chatwoot}"
+  : "${CHATWOOT_BOT_TOKEN:?set CHATWOOT_BOT_TOKEN (the Agent Bot access token) for --chatwoot}"
   export CHATWOOT_BASE_URL="$CHATWOOT_URL"
 else
   unset CHATWOOT_BASE_URL CHATWOOT_BOT_TOKEN CHATWOOT_USER_TOKEN
 fi
-TIERONE_SHADOW=$SHADOW TIERONE_DEBOUNCE=1s TIERONE_ADMIN_PORT="$ADMIN_PORT" \
+TIERONE_SHADOW=$SHADOW TIERONE_DEBOUNCE=1s TIERONE_ADMIN_PORT="$ADMIN_PORT" TIERONE_BEAT_INTERVAL=500ms \
   TIERONE_POLL_INTERVAL=200ms LINEAR_TEAM_ID=demo-team TIERONE_LOG_LEVEL=info \
   SLACK_WEBHOOK_URL=https://hooks.slack.com/services/T000/B000/demo-not-sent \
   $BIN/tierone-worker >"$SERVICES_DIR/worker.log" 2>&1 &
@@ -146,6 +146,8 @@ else
     sleep 0.1
   done
   echo "all turns ended"
+  # The worker flushes its counters to stat:* with each heartbeat.
+  for _ in $(seq 1 100); do [ "$(R GET stat:processed)" != "" ] && break; sleep 0.05; done
 fi
 
 say "tierone report (what the bot would have done, and why)"

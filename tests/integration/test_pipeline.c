@@ -304,3 +304,89 @@ Test(pipeline_shadow, every_effect_is_recorded_and_nothing_is_sent, .init = up_s
     cr_assert_eq(fake_slack_count(st.slack), 0);
     cr_assert_eq(fake_linear_issue_count(st.linear), 0);
 }
+
+/* ---- with an LLM ------------------------------------------------------------------------ */
+
+/* The fake model: reads the passages the worker sent (one JSON document in the last user
+ * message), escalates what mentions a crash as a bug, answers the rest citing the best
+ * passage. */
+static void model(const json_t *request, struct fake_llm_reply *reply, void *arg)
+{
+    (void)arg;
+    json_t *msgs = json_object_get(request, "messages");
+    const char *user = json_string_value(
+        json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "content"));
+    const char *brace = user ? strchr(user, '{') : NULL; /* an intro line, then the JSON */
+    json_t *doc = brace ? json_loads(brace, 0, NULL) : NULL;
+    json_t *passage = json_array_get(json_object_get(doc, "passages"), 0);
+    const char *question = json_string_value(json_object_get(doc, "question"));
+    json_t *out;
+    if (!passage || (question && strstr(question, "crash")))
+        out = json_pack("{s:s, s:s, s:s, s:s, s:[]}", "action", "escalate", "answer", "", "reason",
+                        "the customer reports a crash", "category", "bug", "passage_ids");
+    else
+        out = json_pack("{s:s, s:s, s:s, s:s, s:[O]}", "action", "answer", "answer",
+                        "Use Forgot password? on the sign-in page; the link is valid 60 minutes.",
+                        "reason", "documented", "category", "question", "passage_ids",
+                        json_object_get(passage, "id"));
+    reply->content = json_dumps(out, JSON_COMPACT);
+    reply->free_content = 1;
+    json_decref(out);
+    json_decref(doc);
+}
+
+static void up_llm(void)
+{
+    up(1, 0);
+    fake_llm_set_handler(st.llm, model, NULL);
+}
+
+TestSuite(pipeline_llm, .init = up_llm, .fini = down, .timeout = 180);
+
+Test(pipeline_llm, the_model_answers_citing_a_passage)
+{
+    test_stack_conversation(&st, 1, "pending");
+    customer_says(1, 7001, QUESTION);
+    cr_assert(test_stack_wait_idle(&st, 30000));
+    cr_assert_eq(test_stack_count_marked(&st, 1, "tierone_turn", 0), 1);
+    assert_sql("SELECT decision->>'by' FROM turns", "llm");
+    assert_sql("SELECT state FROM turns", "answered");
+    cr_assert_geq(fake_llm_chat_count(st.llm), 1);
+}
+
+Test(pipeline_llm, a_conversation_resolved_while_the_model_thinks_gets_no_reply)
+{
+    test_stack_conversation(&st, 2, "pending");
+    struct fake_fault slow = {.delay_ms = 1500, .pass_through = 1};
+    fake_faults_push(fake_llm_faults(st.llm), &slow, 1);
+    customer_says(2, 7002, QUESTION);
+    cr_assert_eq(fake_http_wait(fake_llm_http(st.llm), 1, 20000), 0, "the model was not asked");
+    /* An agent resolves it meanwhile: Chatwoot's state and its webhook. */
+    fake_chatwoot_add_conversation(st.cw, 1, 2, "resolved", 1, 0);
+    char *resolved = test_stack_status_change(2, "resolved");
+    cr_assert_eq(test_stack_post(&st, HOOK, "r1", resolved), 202);
+    free(resolved);
+    cr_assert(test_stack_wait_idle(&st, 30000));
+    cr_assert_eq(test_stack_count_marked(&st, 2, "tierone_turn", 0), 0, "no reply");
+    assert_sql("SELECT state FROM turns", "dropped");
+}
+
+Test(pipeline_llm, the_model_down_means_retries_then_a_fail_safe_hand_off, .timeout = 240)
+{
+    test_stack_conversation(&st, 3, "pending");
+    struct fake_fault down503 = {.status = 503, .body = "{\"error\":{\"message\":\"down\"}}"};
+    fake_faults_push(fake_llm_faults(st.llm), &down503, 50);
+    customer_says(3, 7003, QUESTION);
+    /* TIERONE_AI_RETRIES=1: one retry (Sidekiq's backoff, 15-25 s), then the fail-safe. */
+    cr_assert(test_stack_wait_sql(&st, "SELECT state FROM turns", "escalated", 90000),
+              "the turn was not handed off");
+    cr_assert(test_stack_wait_idle(&st, 30000));
+    char *reason = sql1("SELECT decision->>'reason' FROM turns");
+    cr_assert(reason && strstr(reason, "assistant unavailable"), "reason: %s",
+              reason ? reason : "NULL");
+    free(reason);
+    assert_sql("SELECT decision->>'by' FROM turns", "failsafe");
+    cr_assert_geq(fake_llm_count(st.llm), 2, "the model was asked again before giving up");
+    cr_assert_eq(test_stack_count_marked(&st, 3, "tierone_note", 1), 1, "the hand-off note");
+    cr_assert_eq(test_stack_count_marked(&st, 3, "tierone_turn", 0), 0);
+}
