@@ -3,6 +3,7 @@
 #include "common_settings.h"
 #include "config.h"
 #include "diagnostic.h"
+#include "healthcheck.h"
 #include "engine.h"
 #include "http_client.h"
 #include "linear.h"
@@ -364,9 +365,15 @@ int main(int argc, char **argv)
 {
     struct worker_main_settings all = {0};
     struct worker_settings *cfg = &all.worker;
+    bool healthcheck = healthcheck_take_flag(&argc, argv);
     enum config_action act = config_main(&worker_spec, &all, argc, argv, NULL);
     if (act != CONFIG_RUN)
-        return act;
+        return healthcheck && act == CONFIG_EXIT_USAGE ? 1 : act;
+    if (healthcheck) { /* --healthcheck: is the running worker's /healthz answering? */
+        int rc = healthcheck_daemon(cfg->admin_host, cfg->admin_port, NULL, 0);
+        config_free(&worker_spec, &all);
+        return rc;
+    }
     log_init("worker", (enum log_level)cfg->log_level);
     /* A peer that resets a socket (an admin client, a dying Redis) must not kill us. */
     signal(SIGPIPE, SIG_IGN);
