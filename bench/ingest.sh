@@ -2,39 +2,54 @@
 # ingest.sh: throughput, latency and memory of tierone-ingest, beside nginx answering a
 # static 202 on the same machine (the ceiling of an HTTP server here), in one run.
 #
-#   bash bench/ingest.sh
+#   bash bench/ingest.sh                       # shim with 1 and with 2 processes vs nginx
+#   BENCH_DELIVERY=1 BENCH_RUNS=5 bash bench/ingest.sh
 #
-# Builds tierone-ingest (Release) in $TIERONE_BENCH_BUILD_DIR (default build-release),
-# starts its own redis-server, tierone-ingest and nginx (one worker, like the shim's one
-# loop; `return 202`) on free loopback ports, then runs wrk (keep-alive) with a Lua script
-# that POSTs the same correctly signed 2 KB Chatwoot-like body to each, alternating, RUNS
-# times. Every shim request is queued (no X-Chatwoot-Delivery, so no dedupe; with
-# BENCH_DELIVERY=1 each request carries a unique one, as Chatwoot sends, so the dedupe script
-# runs too, and both servers get the same per-request Lua): the script checks the shim's
-# queued-job counter against wrk's request count. A background LTRIM keeps
+# Builds tierone-ingest ($TIERONE_BENCH_BUILD_TYPE, default Release) in
+# $TIERONE_BENCH_BUILD_DIR (default build-release), starts its own redis-server, one
+# tierone-ingest per entry of BENCH_PROCESSES (TIERONE_INGEST_PROCESSES=N, each on its own
+# port and spool) and nginx (BENCH_NGINX_WORKERS workers, default 2 = the cores here, as
+# nginx is normally run; `return 202`) on free loopback ports, then runs wrk (keep-alive)
+# with a Lua script that POSTs the same correctly signed 2 KB Chatwoot-like body, RUNS
+# times; each run measures nginx, then every shim, one after the other. Every shim request
+# is queued (no X-Chatwoot-Delivery, so no dedupe; with BENCH_DELIVERY=1 each request
+# carries a unique one, as Chatwoot sends, so the dedupe script runs too, and every server
+# gets the same per-request Lua): the script checks the shim's queued-job counters (summed
+# over its processes' admin ports) against wrk's request count. A background LTRIM keeps
 # queue:events at 1000 entries so Redis does not grow to gigabytes.
 #
-# Prints per run and the medians: requests/s, p50, p99 (wrk's latency), the shim's peak
-# RSS (VmHWM), nginx's requests/s and the ratio, then the targets (>= 60 % of nginx,
-# p99 <= 5 ms, RSS <= 16 MB) as met / MISSED. Exit status 0 unless something failed to run.
+# Prints per run and the medians, per shim: requests/s, p50, p99 (wrk's latency), peak RSS
+# (VmHWM; with several processes the sum over them and the supervisor, and the largest
+# one), nginx's requests/s and the ratio, then the targets (>= 60 % of nginx, p99 <= 5 ms,
+# RSS <= 16 MB per process) as met / MISSED. Also the CPU time (user + system) per request
+# of the shim's processes, of redis-server during the shim's run, of nginx and of wrk: on a
+# machine whose cores are all busy the ratio follows (nginx + wrk) / (shim + redis + wrk)
+# more than anything else, and these figures are steadier than req/s when other work runs.
+# Exit status 0 unless something failed to run.
 #
 # Environment: BENCH_RUNS (3), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
-# BENCH_THREADS (2), BENCH_DELIVERY (0), TIERONE_BENCH_BUILD_DIR, TIERONE_BENCH_KEEP (keep the
+# BENCH_THREADS (2), BENCH_DELIVERY (0), BENCH_PROCESSES ("1 2"), BENCH_NGINX_WORKERS (2),
+# TIERONE_BENCH_BUILD_DIR, TIERONE_BENCH_BUILD_TYPE (Release), TIERONE_BENCH_KEEP (keep the
 # temp dir).
-# Needs wrk, nginx (nginx-light), redis-server, redis-cli, openssl (Debian packages).
+# Needs wrk, nginx (nginx-light), redis-server, redis-cli, openssl, GNU time (/usr/bin/time)
+# (Debian packages).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${TIERONE_BENCH_BUILD_DIR:-$ROOT/build-release}
+BUILD_TYPE=${TIERONE_BENCH_BUILD_TYPE:-Release}
 RUNS=${BENCH_RUNS:-3}
 DURATION=${BENCH_DURATION:-10s}
 CONNS=${BENCH_CONNECTIONS:-50}
 THREADS=${BENCH_THREADS:-2}
 DELIVERY=${BENCH_DELIVERY:-0}
+read -r -a PROCS <<<"${BENCH_PROCESSES:-1 2}"
+NGINX_WORKERS=${BENCH_NGINX_WORKERS:-2}
 SECRET=bench-secret
 WORK=$(mktemp -d /tmp/tierone-bench.XXXXXX)
 chmod 0755 "$WORK" # nginx's worker (user nobody) reads nothing here, but may stat it
-REDIS_PID="" SHIM_PID="" NGINX_PID="" TRIM_PID=""
+REDIS_PID="" NGINX_PID="" TRIM_PID=""
+declare -a SHIM_PIDS=() SHIM_PORTS=() SHIM_ADMIN=()
 
 say() { printf '%s\n' "$*"; }
 die() {
@@ -57,7 +72,7 @@ stop_pid() {
 cleanup() {
   set +e
   stop_pid "$TRIM_PID"
-  stop_pid "$SHIM_PID"
+  for pid in "${SHIM_PIDS[@]}"; do stop_pid "$pid"; done
   [ -n "$NGINX_PID" ] && kill -QUIT "$NGINX_PID" 2>/dev/null && sleep 0.3
   stop_pid "$NGINX_PID"
   stop_pid "$REDIS_PID"
@@ -65,15 +80,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in wrk nginx redis-server redis-cli openssl cmake; do
+for tool in wrk nginx redis-server redis-cli openssl cmake /usr/bin/time; do
   command -v "$tool" >/dev/null || die "$tool not found (install the Debian package)"
 done
 
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A free port followed by $1 (default 0) more free ports.
 free_port() {
-  local port i
+  local port i k ok
   for ((i = 0; i < 200; i++)); do
-    port=$((20000 + (RANDOM % 12768)))
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
+    port=$((20000 + (RANDOM % 12000)))
+    ok=1
+    for ((k = 0; k <= ${1:-0}; k++)); do port_free $((port + k)) || ok=0; done
+    [ "$ok" = 1 ] || continue
     printf '%s\n' "$port"
     return 0
   done
@@ -91,8 +111,8 @@ wait_port() {
 }
 
 # ---- build ------------------------------------------------------------------------------
-say "building tierone-ingest (Release) in $BUILD"
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DTIERONE_TESTS=OFF >/dev/null
+say "building tierone-ingest ($BUILD_TYPE) in $BUILD"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" -DTIERONE_TESTS=OFF >/dev/null
 cmake --build "$BUILD" --target tierone-ingest -j "${TIERONE_BUILD_JOBS:-2}" >/dev/null
 
 # ---- services ---------------------------------------------------------------------------
@@ -102,18 +122,28 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$
 REDIS_PID=$!
 wait_port "$RPORT" "$REDIS_PID" || die "redis-server did not start"
 
-SPORT=$(free_port)
-TIERONE_REDIS_URL="redis://127.0.0.1:$RPORT/0" TIERONE_LISTEN_HOST=127.0.0.1 \
-  TIERONE_LISTEN_PORT="$SPORT" TIERONE_ADMIN_PORT=0 TIERONE_WEBHOOK_SECRETS="$SECRET" \
-  TIERONE_SPOOL_PATH="$WORK/ingest.spool" TIERONE_LOG_LEVEL=warn \
-  "$BUILD/tierone-ingest" </dev/null >"$WORK/shim.log" 2>&1 &
-SHIM_PID=$!
-wait_port "$SPORT" "$SHIM_PID" || die "tierone-ingest did not start: $(cat "$WORK/shim.log")"
+# One shim per BENCH_PROCESSES entry N; its admin port is APORT (N = 1) or, per process,
+# APORT+1..APORT+N.
+for n in "${PROCS[@]}"; do
+  sport=$(free_port)
+  aport=$(free_port "$n")
+  TIERONE_REDIS_URL="redis://127.0.0.1:$RPORT/0" TIERONE_LISTEN_HOST=127.0.0.1 \
+    TIERONE_LISTEN_PORT="$sport" TIERONE_ADMIN_HOST=127.0.0.1 TIERONE_ADMIN_PORT="$aport" \
+    TIERONE_WEBHOOK_SECRETS="$SECRET" TIERONE_SPOOL_PATH="$WORK/ingest-$n.spool" \
+    TIERONE_INGEST_PROCESSES="$n" TIERONE_LOG_LEVEL=warn \
+    "$BUILD/tierone-ingest" </dev/null >"$WORK/shim-$n.log" 2>&1 &
+  pid=$!
+  wait_port "$sport" "$pid" || die "tierone-ingest x$n did not start: $(cat "$WORK/shim-$n.log")"
+  for ((k = (n > 1 ? 1 : 0); k <= (n > 1 ? n : 0); k++)); do
+    wait_port $((aport + k)) "$pid" || die "tierone-ingest x$n: no admin port $((aport + k))"
+  done
+  SHIM_PIDS+=("$pid") SHIM_PORTS+=("$sport") SHIM_ADMIN+=("$aport")
+done
 
 NPORT=$(free_port)
 mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
+cat >"$WORK/nginx.conf" <<NGINX_CONF
+worker_processes $NGINX_WORKERS;
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
@@ -131,7 +161,7 @@ http {
     location / { default_type application/json; return 202 '{"status":"queued"}'; }
   }
 }
-EOF
+NGINX_CONF
 nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" </dev/null >"$WORK/nginx/out.log" 2>&1 &
 NGINX_PID=$!
 wait_port "$NPORT" "$NGINX_PID" || die "nginx did not start: $(cat "$WORK/nginx/out.log")"
@@ -154,7 +184,7 @@ write_lua() {
   ts=$(date +%s)
   sig=$(printf '%s.' "$ts" | cat - "$WORK/body.json" | openssl dgst -sha256 -hmac "$SECRET" |
     awk '{print $NF}')
-  cat >"$WORK/post.lua" <<EOF
+  cat >"$WORK/post.lua" <<LUA
 local f = assert(io.open("$WORK/body.json", "rb"))
 wrk.method = "POST"
 wrk.path = "/webhooks/chatwoot"
@@ -163,9 +193,9 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Chatwoot-Timestamp"] = "$ts"
 wrk.headers["X-Chatwoot-Signature"] = "sha256=$sig"
-EOF
+LUA
   if [ "$DELIVERY" = 1 ]; then
-    cat >>"$WORK/post.lua" <<EOF
+    cat >>"$WORK/post.lua" <<LUA
 local threads = 0
 setup = function(thread)
   thread:set("tid", threads)
@@ -177,82 +207,146 @@ request = function()
   wrk.headers["X-Chatwoot-Delivery"] = string.format("bench-$ts-$RANDOM$RANDOM-%d-%d", tid, n)
   return wrk.format()
 end
-EOF
+LUA
   fi
-  cat >>"$WORK/post.lua" <<EOF
+  cat >>"$WORK/post.lua" <<LUA
 done = function(s, lat, req)
   local e = s.errors
   io.write(string.format("RESULT %d %.1f %d %d %d %d\n", s.requests,
     s.requests / s.duration * 1e6, lat:percentile(50), lat:percentile(99), e.status,
     e.connect + e.read + e.write + e.timeout))
 end
-EOF
+LUA
 }
 
-# Counter value from the shim's /metrics.
+# Series $2 summed over the /metrics of shim $1 (an index into PROCS / SHIM_*).
 shim_metric() {
-  local out
-  exec 3<>"/dev/tcp/127.0.0.1/$SPORT"
-  printf 'GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n' >&3
-  out=$(cat <&3)
-  exec 3<&-
-  printf '%s\n' "$out" | awk -v k="$1" '$1 == k {print $2}'
+  local i=$1 n=${PROCS[$1]} k total=0 out v
+  for ((k = (n > 1 ? 1 : 0); k <= (n > 1 ? n : 0); k++)); do
+    exec 3<>"/dev/tcp/127.0.0.1/$((SHIM_ADMIN[i] + k))"
+    printf 'GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n' >&3
+    out=$(cat <&3)
+    exec 3<&-
+    v=$(printf '%s\n' "$out" | awk -v k="$2" '$1 == k {print $2}')
+    total=$((total + ${v%.*}))
+  done
+  printf '%s\n' "$total"
 }
 
-# wrk against port $1; prints "requests rps p50_us p99_us non2xx errors".
+# Peak RSS in kB of shim $1 as "sum max" over its supervisor and children.
+shim_rss() {
+  local pid=${SHIM_PIDS[$1]} p kb sum=0 max=0
+  for p in $pid $(cat "/proc/$pid/task/$pid/children" 2>/dev/null); do
+    kb=$(awk '/^VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    sum=$((sum + kb))
+    [ "$kb" -gt "$max" ] && max=$kb
+  done
+  printf '%s %s\n' "$sum" "$max"
+}
+
+# CPU time (user + system, clock ticks) used so far by the processes $@ and their children.
+cpu_ticks() {
+  local p q t=0
+  for p in "$@"; do
+    for q in $p $(cat "/proc/$p/task/$p/children" 2>/dev/null); do
+      t=$((t + $(awk '{print $14 + $15}' "/proc/$q/stat" 2>/dev/null || echo 0)))
+    done
+  done
+  printf '%s\n' "$t"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+# wrk against port $1; prints "requests rps p50_us p99_us non2xx errors wrk_cpu_us".
 run_wrk() {
   write_lua
-  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$WORK/post.lua" "http://127.0.0.1:$1/webhooks/chatwoot" \
-    >"$WORK/wrk.out" 2>&1 || die "wrk failed: $(cat "$WORK/wrk.out")"
-  grep '^RESULT ' "$WORK/wrk.out" | cut -d' ' -f2-
+  /usr/bin/time -f 'CPU %U %S' -o "$WORK/wrk.time" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" \
+    -s "$WORK/post.lua" "http://127.0.0.1:$1/webhooks/chatwoot" >"$WORK/wrk.out" 2>&1 ||
+    die "wrk failed: $(cat "$WORK/wrk.out")"
+  printf '%s %s\n' "$(grep '^RESULT ' "$WORK/wrk.out" | cut -d' ' -f2-)" \
+    "$(awk '/^CPU/ {printf "%.0f", ($2 + $3) * 1e6}' "$WORK/wrk.time")"
 }
+# CPU microseconds per request: ticks $1 over $2 requests.
+per_req() { awk -v t="$1" -v n="$2" -v u="$TICK_US" 'BEGIN {printf "%.1f", t * u / n}'; }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ms() { awk -v x="$1" 'BEGIN{printf "%.3f", x/1000}'; }
+mb() { awk -v x="$1" 'BEGIN{printf "%.1f", x/1024}'; }
+verdict() { if awk "BEGIN {exit !($1)}"; then echo met; else echo MISSED; fi; }
 
 say "body $(wc -c <"$WORK/body.json") bytes; wrk -t$THREADS -c$CONNS -d$DURATION, keep-alive; $RUNS runs;" \
   "$([ "$DELIVERY" = 1 ] && echo "a unique X-Chatwoot-Delivery per request" || echo "no delivery ids")"
-say "redis :$RPORT  tierone-ingest :$SPORT (pid $SHIM_PID)  nginx :$NPORT (1 worker)"
-printf '%-5s %12s %9s %9s %9s %12s %7s\n' run shim_req/s p50_ms p99_ms rss_MB nginx_req/s ratio
-declare -a S_RPS S_P50 S_P99 S_RSS N_RPS RATIO
+say "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+say "redis :$RPORT  nginx :$NPORT ($NGINX_WORKERS workers)"
+for i in "${!PROCS[@]}"; do
+  say "tierone-ingest x${PROCS[$i]} :${SHIM_PORTS[$i]} (pid ${SHIM_PIDS[$i]}, admin ${SHIM_ADMIN[$i]})"
+done
+say "cpu_us columns: CPU time per request of the shim's processes, of redis-server during the"
+say "shim's run, and of nginx's processes (user + system; wrk's own in the note)"
+printf '%-6s %-4s %10s %8s %8s %8s %8s %12s %6s %7s %7s %7s\n' run shim req/s p50_ms p99_ms \
+  rss_MB rss_max nginx_req/s ratio shim_us redis_us nginx_us
+declare -a N_RPS=() N_CPU=()
+declare -A S_RPS S_P50 S_P99 S_RSS S_RSSMAX RATIO S_CPU R_CPU
 FAILED=0
 for ((run = 1; run <= RUNS; run++)); do
-  read -r _ n_rps _ _ n_bad n_err <<<"$(run_wrk "$NPORT")"
-  before=$(shim_metric 'tierone_ingest_jobs_total{result="queued"}')
-  read -r s_req s_rps s_p50 s_p99 s_bad s_err <<<"$(run_wrk "$SPORT")"
-  sleep 0.5 # let the last answers' counters settle
-  after=$(shim_metric 'tierone_ingest_jobs_total{result="queued"}')
-  spooled=$(shim_metric 'tierone_ingest_jobs_total{result="spooled"}')
-  rss_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$SHIM_PID/status")
-  queued=$((${after%.*} - ${before%.*}))
-  if [ "$s_bad" != 0 ] || [ "$n_bad" != 0 ]; then
-    say "run $run: non-2xx answers: shim $s_bad, nginx $n_bad"
+  t0=$(cpu_ticks "$NGINX_PID")
+  read -r n_req n_rps _ _ n_bad n_err n_wrk <<<"$(run_wrk "$NPORT")"
+  n_cpu=$(per_req $(($(cpu_ticks "$NGINX_PID") - t0)) "$n_req")
+  n_wrkcpu=$(awk -v c="$n_wrk" -v n="$n_req" 'BEGIN {printf "%.1f", c / n}')
+  N_RPS+=("$n_rps") N_CPU+=("$n_cpu")
+  [ "$n_bad" = 0 ] || {
+    say "run $run: nginx answered $n_bad non-2xx"
     FAILED=1
-  fi
-  if [ "$queued" -lt "$s_req" ]; then
-    say "run $run: wrk counted $s_req shim requests but only $queued were queued (spooled: $spooled)"
-    FAILED=1
-  fi
-  S_RPS+=("$s_rps") S_P50+=("$s_p50") S_P99+=("$s_p99") S_RSS+=("$rss_kb") N_RPS+=("$n_rps")
-  ratio=$(awk -v a="$s_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')
-  RATIO+=("$ratio")
-  printf '%-5s %12.0f %9.3f %9.3f %9.1f %12.0f %7s   (queued %d of %d; socket errors shim %s nginx %s)\n' \
-    "$run" "$s_rps" "$(awk -v x="$s_p50" 'BEGIN{print x/1000}')" \
-    "$(awk -v x="$s_p99" 'BEGIN{print x/1000}')" "$(awk -v x="$rss_kb" 'BEGIN{print x/1024}')" \
-    "$n_rps" "$ratio" "$queued" "$s_req" "$s_err" "$n_err"
+  }
+  for i in "${!PROCS[@]}"; do
+    before=$(shim_metric "$i" 'tierone_ingest_jobs_total{result="queued"}')
+    t0=$(cpu_ticks "${SHIM_PIDS[$i]}") r0=$(cpu_ticks "$REDIS_PID")
+    read -r s_req s_rps s_p50 s_p99 s_bad s_err s_wrk <<<"$(run_wrk "${SHIM_PORTS[$i]}")"
+    s_cpu=$(per_req $(($(cpu_ticks "${SHIM_PIDS[$i]}") - t0)) "$s_req")
+    r_cpu=$(per_req $(($(cpu_ticks "$REDIS_PID") - r0)) "$s_req")
+    s_wrkcpu=$(awk -v c="$s_wrk" -v n="$s_req" 'BEGIN {printf "%.1f", c / n}')
+    sleep 0.5 # let the last answers' counters settle
+    after=$(shim_metric "$i" 'tierone_ingest_jobs_total{result="queued"}')
+    spooled=$(shim_metric "$i" 'tierone_ingest_jobs_total{result="spooled"}')
+    read -r rss_kb rss_max <<<"$(shim_rss "$i")"
+    queued=$((after - before))
+    if [ "$s_bad" != 0 ]; then
+      say "run $run: x${PROCS[$i]}: $s_bad non-2xx answers"
+      FAILED=1
+    fi
+    if [ "$queued" -lt "$s_req" ]; then
+      say "run $run: x${PROCS[$i]}: wrk counted $s_req requests but only $queued were queued (spooled: $spooled)"
+      FAILED=1
+    fi
+    ratio=$(awk -v a="$s_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')
+    S_RPS[$i]+=" $s_rps" S_P50[$i]+=" $s_p50" S_P99[$i]+=" $s_p99" S_RSS[$i]+=" $rss_kb"
+    S_RSSMAX[$i]+=" $rss_max" RATIO[$i]+=" $ratio" S_CPU[$i]+=" $s_cpu" R_CPU[$i]+=" $r_cpu"
+    printf '%-6s %-4s %10.0f %8s %8s %8s %8s %12.0f %6s %7s %7s %7s   (wrk %s/%s us; queued %d of %d; socket errors %s/%s)\n' \
+      "$run" "x${PROCS[$i]}" "$s_rps" "$(ms "$s_p50")" "$(ms "$s_p99")" "$(mb "$rss_kb")" \
+      "$(mb "$rss_max")" "$n_rps" "$ratio" "$s_cpu" "$r_cpu" "$n_cpu" "$s_wrkcpu" "$n_wrkcpu" \
+      "$queued" "$s_req" "$s_err" "$n_err"
+  done
 done
 
-m_rps=$(median "${S_RPS[@]}")
-m_p50=$(median "${S_P50[@]}")
-m_p99=$(median "${S_P99[@]}")
-m_rss=$(median "${S_RSS[@]}")
 m_nrps=$(median "${N_RPS[@]}")
-m_ratio=$(median "${RATIO[@]}")
-printf '%-5s %12.0f %9.3f %9.3f %9.1f %12.0f %7s\n' median "$m_rps" \
-  "$(awk -v x="$m_p50" 'BEGIN{print x/1000}')" "$(awk -v x="$m_p99" 'BEGIN{print x/1000}')" \
-  "$(awk -v x="$m_rss" 'BEGIN{print x/1024}')" "$m_nrps" "$m_ratio"
-
-verdict() { if awk "BEGIN {exit !($1)}"; then echo met; else echo MISSED; fi; }
-say "targets: req/s >= 60% of nginx: $(verdict "$m_ratio >= 0.60") ($m_ratio);" \
-  "p99 <= 5 ms: $(verdict "$m_p99 <= 5000") ($(awk -v x="$m_p99" 'BEGIN{print x/1000}') ms);" \
-  "RSS <= 16 MB: $(verdict "$m_rss <= 16384") ($(awk -v x="$m_rss" 'BEGIN{print x/1024}') MB)"
+m_ncpu=$(median "${N_CPU[@]}")
+for i in "${!PROCS[@]}"; do
+  # shellcheck disable=SC2086 # the collected values are split on purpose
+  {
+    m_rps=$(median ${S_RPS[$i]})
+    m_p50=$(median ${S_P50[$i]})
+    m_p99=$(median ${S_P99[$i]})
+    m_rss=$(median ${S_RSS[$i]})
+    m_rssmax=$(median ${S_RSSMAX[$i]})
+    m_ratio=$(median ${RATIO[$i]})
+    m_scpu=$(median ${S_CPU[$i]})
+    m_rcpu=$(median ${R_CPU[$i]})
+  }
+  printf '%-6s %-4s %10.0f %8s %8s %8s %8s %12.0f %6s %7s %7s %7s   (ratios:%s)\n' median \
+    "x${PROCS[$i]}" "$m_rps" "$(ms "$m_p50")" "$(ms "$m_p99")" "$(mb "$m_rss")" \
+    "$(mb "$m_rssmax")" "$m_nrps" "$m_ratio" "$m_scpu" "$m_rcpu" "$m_ncpu" "${RATIO[$i]}"
+  say "targets x${PROCS[$i]}: req/s >= 60% of nginx: $(verdict "$m_ratio >= 0.60") ($m_ratio);" \
+    "p99 <= 5 ms: $(verdict "$m_p99 <= 5000") ($(ms "$m_p99") ms);" \
+    "RSS <= 16 MB per process: $(verdict "$m_rssmax <= 16384") ($(mb "$m_rssmax") MB)"
+done
+say "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$FAILED" -eq 0 ] || die "some requests were not answered 2xx or not queued"

@@ -266,7 +266,77 @@ static void shim_format_time(char *out, size_t cap, double t)
         frac /= 10;
         digits--;
     }
-    snprintf(out, cap, "%lld.%0*lld", sec, digits, frac);
+    char tmp[48];
+    size_t n = 0;
+    for (int d = 0; d < digits; d++, frac /= 10) /* written backwards */
+        tmp[n++] = (char)('0' + frac % 10);
+    tmp[n++] = '.';
+    do {
+        tmp[n++] = (char)('0' + sec % 10);
+        sec /= 10;
+    } while (sec);
+    if (n >= cap) { /* never with the 40 bytes the callers give */
+        job_format_time(out, cap, JOB_TS_FLOAT_SECONDS, t);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+}
+
+/* 1 when one of the 8 bytes of w is below 0x20, '"' or '\\' (bit tricks: a byte b < n
+ * iff b - n borrows with b's top bit clear; a byte equals c iff (b ^ c) is zero). */
+static inline int shim_word_needs_escape(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t ctl = (w - ones * 0x20) & ~w & highs;
+    uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+    return ((ctl | ((q - ones) & ~q & highs) | ((bs - ones) & ~bs & highs)) != 0);
+}
+
+/* buf_json_string's output (same escapes), skipping 8 bytes at a time over the runs that
+ * need none: the body is most of a job and nearly all of it is copied as it is. */
+static void shim_json_string(struct buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    buf_reserve(b, len + 2);
+    buf_append(b, "\"", 1);
+    size_t start = 0, i = 0;
+    for (;;) {
+        uint64_t w;
+        while (i + 8 <= len && (memcpy(&w, s + i, 8), !shim_word_needs_escape(w)))
+            i += 8;
+        if (i >= len)
+            break;
+        unsigned char c = (unsigned char)s[i++];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        buf_append(b, s + start, i - 1 - start);
+        start = i;
+        switch (c) {
+        case '"':
+            buf_append(b, "\\\"", 2);
+            break;
+        case '\\':
+            buf_append(b, "\\\\", 2);
+            break;
+        case '\n':
+            buf_append(b, "\\n", 2);
+            break;
+        case '\r':
+            buf_append(b, "\\r", 2);
+            break;
+        case '\t':
+            buf_append(b, "\\t", 2);
+            break;
+        default: {
+            char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            buf_append(b, u, 6);
+        }
+        }
+    }
+    buf_append(b, s + start, len - start);
+    buf_append(b, "\"", 1);
 }
 
 void shim_job_arg(struct buf *out, const char *body, size_t body_len, const char *delivery,
@@ -275,7 +345,7 @@ void shim_job_arg(struct buf *out, const char *body, size_t body_len, const char
     char t[40];
     buf_reserve(out, body_len + body_len / 8 + 160);
     buf_puts(out, "{\"body\":");
-    buf_json_string(out, body, body_len);
+    shim_json_string(out, body, body_len);
     buf_puts(out, ",\"delivery\":");
     if (delivery)
         buf_json_string(out, delivery, strlen(delivery));
@@ -347,7 +417,10 @@ static char *shim_payload(struct shim *s, const struct http_request *req, enum s
     sidekiq_jid_new(jid);
     buf_puts(&b, "],\"jid\":\"");
     buf_append(&b, jid, SIDEKIQ_JID_LEN);
-    job_format_time(t, sizeof t, s->o.ts_format, now);
+    if (s->o.ts_format == JOB_TS_FLOAT_SECONDS)
+        shim_format_time(t, sizeof t, now); /* the same text, without the general formatter */
+    else
+        job_format_time(t, sizeof t, s->o.ts_format, now);
     buf_puts(&b, "\",\"created_at\":");
     buf_puts(&b, t);
     buf_puts(&b, ",\"enqueued_at\":");

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -272,6 +273,12 @@ struct spool *spool_open(uv_loop_t *loop, const char *path, uint64_t max_bytes,
         snprintf(err, errcap, "spool %s: cannot open: %s", path, strerror(errno));
         goto fail;
     }
+    if (flock(sp->fd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(err, errcap, "spool %s: %s", path,
+                 errno == EWOULDBLOCK ? "in use by another process (one spool file per process)"
+                                      : strerror(errno));
+        goto fail;
+    }
     struct stat st;
     if (fstat(sp->fd, &st) != 0) {
         snprintf(err, errcap, "spool %s: stat: %s", path, strerror(errno));
@@ -344,7 +351,9 @@ static void spool_batch_work(uv_work_t *w)
     int fd = b->sp->fd;
     if (spool_pwrite_full(fd, b->bytes.data, b->bytes.len, b->offset) != 0 || fdatasync(fd) != 0) {
         b->status = -errno;
-        (void)ftruncate(fd, (off_t)b->offset);
+        /* Best effort: a partial record left behind is skipped as torn when read. */
+        if (ftruncate(fd, (off_t)b->offset) != 0)
+            b->status = b->status ? b->status : -errno;
     }
 }
 

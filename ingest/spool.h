@@ -51,9 +51,11 @@ struct spool_open_info {
  * (0 to start). */
 uint32_t spool_crc32(uint32_t crc, const void *data, size_t len);
 
-/* Open or create the spool file at path (with mode 0600). max_bytes caps the file size
- * (appends beyond it fail at once); 0 = no cap. Returns the spool, or NULL with a reason in
- * err (cannot create, not a spool file, I/O error). info may be NULL. */
+/* Open or create the spool file at path (with mode 0600) and take an exclusive flock on it
+ * for as long as it is open (two processes never share a spool). max_bytes caps the file
+ * size (appends beyond it fail at once); 0 = no cap. Returns the spool, or NULL with a
+ * reason in err (cannot create, in use by another process, not a spool file, I/O error).
+ * info may be NULL. */
 struct spool *spool_open(uv_loop_t *loop, const char *path, uint64_t max_bytes,
                          struct spool_open_info *info, char *err, size_t errcap);
 

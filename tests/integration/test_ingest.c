@@ -8,7 +8,10 @@
  *   - keep-alive, pipelining and chunked bodies work;
  *   - slow clients get 408;
  *   - Redis down: 202 from the spool, drained by the next start; disk full: 500;
- *   - /healthz, /readyz, /metrics; SIGTERM exits 0; config errors exit 2.
+ *   - /healthz, /readyz, /metrics; SIGTERM exits 0; config errors exit 2; --healthcheck;
+ *   - TIERONE_INGEST_PROCESSES=2: both processes take deliveries on the one port, each
+ *     spooling to its own file; SIGTERM to the parent stops both with nothing lost; spool
+ *     files no process owns (a larger N before) are drained; no two processes share a spool.
  *
  * Each test stops its shim with SIGTERM and asserts exit status 0 and a log free of
  * sanitizer reports (the binary is instrumented in the ASan build). */
@@ -1011,6 +1014,345 @@ Test(ingest, configuration_errors_exit_2)
     cr_assert_null(strstr(out, "topsecret"), "secrets are masked: %s", out);
     cr_assert(strstr(out, "configuration OK"), "%s", out);
     free(out);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Several processes (TIERONE_INGEST_PROCESSES) */
+
+/* Records waiting in the spool file at path (head to end); -1 when there is no file. */
+static long spool_records(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    unsigned char hdr[16];
+    long n = 0;
+    if (fread(hdr, 1, sizeof hdr, f) == sizeof hdr) {
+        uint64_t head = 0;
+        for (int i = 7; i >= 0; i--)
+            head = head << 8 | hdr[8 + i];
+        fseek(f, (long)head, SEEK_SET);
+        unsigned char rec[8];
+        while (fread(rec, 1, sizeof rec, f) == sizeof rec) {
+            uint32_t len = (uint32_t)rec[0] | (uint32_t)rec[1] << 8 | (uint32_t)rec[2] << 16 |
+                           (uint32_t)rec[3] << 24;
+            if (fseek(f, (long)len, SEEK_CUR) != 0)
+                break;
+            n++;
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+/* The value of one series in the /metrics text served on port; -1 when absent or nothing
+ * listens there (yet). */
+static double metric_value(int port, const char *series)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(0x7f000001);
+    int up = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    if (!up)
+        return -1;
+    struct conn *c = conn_open(port);
+    conn_sends(c, "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    while (conn_fill(c) > 0)
+        ;
+    char *key = xfmt("\n%s ", series);
+    const char *at = strstr(c->buf, key);
+    double v = at ? strtod(at + strlen(key), NULL) : -1;
+    free(key);
+    conn_close(c);
+    return v;
+}
+
+static int log_has(const struct shim_proc *p, const char *needle)
+{
+    char *log = slurp(p->log);
+    int found = strstr(log, needle) != NULL;
+    free(log);
+    return found;
+}
+
+Test(ingest, several_processes_share_the_port_and_each_spools_to_its_own_file)
+{
+    char url[64], *sp1 = xfmt("%s.1", spool), *sp2 = xfmt("%s.2", spool);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    const char *extra[] = {"TIERONE_INGEST_PROCESSES=2", NULL};
+    struct shim_proc p;
+    shim_start_ex(&p, url, 0, extra);
+    /* one connection per delivery until both processes have taken some */
+    int posted = 0;
+    struct resp r;
+    while (posted < 500 && !(spool_records(sp1) > 0 && spool_records(sp2) > 0)) {
+        char body[32], id[32];
+        snprintf(body, sizeof body, "{\"n\":%d}", posted);
+        snprintf(id, sizeof id, "mp-%d", posted);
+        post(p.port, "/webhooks/chatwoot", body, id, &r);
+        cr_assert_eq(r.status, 202, "%s", r.body);
+        cr_assert(strstr(r.body, "\"spooled\""), "%s", r.body);
+        posted++;
+    }
+    long n1 = spool_records(sp1), n2 = spool_records(sp2);
+    cr_assert(n1 > 0 && n2 > 0, "after %d deliveries: process 1 spooled %ld, process 2 %ld", posted,
+              n1, n2);
+    cr_assert_eq(n1 + n2, posted);
+    cr_assert_eq(spool_records(spool), -1, "with several processes the plain name is unused");
+    shim_stop(&p);
+    cr_assert(log_has(&p, "process 1 (pid"));
+    cr_assert(log_has(&p, "all processes stopped (exit status 0)"));
+    cr_assert_eq(spool_records(sp1) + spool_records(sp2), posted, "nothing lost at SIGTERM");
+
+    /* back to one process, Redis up: it adopts both spools and drains them */
+    shim_start(&p, NULL);
+    uint64_t deadline = now_ms() + 15000;
+    while (llen() < posted && now_ms() < deadline)
+        usleep(10000);
+    cr_assert_eq(llen(), posted);
+    deadline = now_ms() + 15000;
+    while (!metrics_has(p.port, "\ntierone_ingest_spool_depth 0\n") && now_ms() < deadline)
+        usleep(10000);
+    shim_stop(&p);
+    cr_assert_eq(llen(), posted, "each delivery once");
+    cr_assert_eq(spool_records(sp1), -1, "the adopted spool is removed");
+    cr_assert_eq(spool_records(sp2), -1);
+    cr_assert_eq(spool_records(spool), 0);
+    free(sp1);
+    free(sp2);
+}
+
+Test(ingest, sigterm_to_the_parent_stops_every_process_and_loses_nothing)
+{
+    int admin = dead_port();
+    char *admin_env = xfmt("TIERONE_ADMIN_PORT=%d", admin);
+    const char *extra[] = {"TIERONE_INGEST_PROCESSES=2", admin_env, NULL};
+    struct shim_proc p;
+    shim_start_ex(&p, test_redis_url(REDISDB), 0, extra);
+    uint64_t deadline = now_ms() + 15000;
+    while (metric_value(admin + 1, "tierone_ingest_redis_up") != 1 ||
+           metric_value(admin + 2, "tierone_ingest_redis_up") != 1) {
+        cr_assert_lt(now_ms(), deadline, "the processes did not connect to Redis");
+        usleep(10000);
+    }
+    cr_assert_eq(metric_value(admin + 1, "tierone_ingest_process"), 1);
+    cr_assert_eq(metric_value(admin + 2, "tierone_ingest_process"), 2);
+    const char *q = "tierone_ingest_jobs_total{result=\"queued\"}";
+    int posted = 0;
+    struct resp r;
+    while (posted < 500 && !(metric_value(admin + 1, q) > 0 && metric_value(admin + 2, q) > 0)) {
+        char body[32], id[32];
+        snprintf(body, sizeof body, "{\"n\":%d}", posted);
+        snprintf(id, sizeof id, "st-%d", posted);
+        post(p.port, "/webhooks/agent-bot", body, id, &r);
+        cr_assert_eq(r.status, 202, "%s", r.body);
+        posted++;
+    }
+    double q1 = metric_value(admin + 1, q), q2 = metric_value(admin + 2, q);
+    cr_assert(q1 > 0 && q2 > 0, "after %d deliveries: process 1 queued %g, process 2 %g", posted,
+              q1, q2);
+    cr_assert_eq(q1 + q2, posted);
+    /* the shared admin port answers too */
+    cr_assert_eq(metric_value(admin, "tierone_ingest_redis_up"), 1);
+    /* a request in flight at SIGTERM still gets its answer (the first one on the connection
+     * makes sure a process has accepted it) */
+    struct conn *c = conn_open(p.port);
+    char *req = signed_req("/webhooks/chatwoot", "{\"last\":1}", 10, SECRET, (long)time(NULL),
+                           "st-last", "");
+    conn_sends(c, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    conn_read(c, &r);
+    cr_assert_eq(r.status, 200);
+    conn_send(c, req, strlen(req) - 3);
+    kill(p.pid, SIGTERM);
+    /* complete the request only once both processes are stopping */
+    deadline = now_ms() + 15000;
+    while (!(log_has(&p, "ingest.1\",\"msg\":\"ingest: Terminated: no new") &&
+             log_has(&p, "ingest.2\",\"msg\":\"ingest: Terminated: no new"))) {
+        cr_assert_lt(now_ms(), deadline, "%s", slurp(p.log));
+        usleep(5000);
+    }
+    conn_send(c, req + strlen(req) - 3, 3);
+    conn_read(c, &r);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    conn_close(c);
+    free(req);
+    int st = shim_wait(&p, 20000);
+    cr_assert_eq(st, 0, "exit status %d:\n%s", st, slurp(p.log));
+    shim_check_log(&p);
+    cr_assert(log_has(&p, "process 1 (pid"));
+    cr_assert(log_has(&p, "process 2 (pid"));
+    cr_assert(log_has(&p, "all processes stopped (exit status 0)"));
+    cr_assert_eq(llen(), posted + 1, "every answered delivery is in Redis");
+    free(admin_env);
+}
+
+/* The pids of p's children (the processes the supervisor forked); returns how many. */
+static int shim_children(const struct shim_proc *p, pid_t *out, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)p->pid, (int)p->pid);
+    char s[256] = "", *at = s; /* a /proc file: its size reads as 0, so no slurp */
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t got = fread(s, 1, sizeof s - 1, f);
+        s[got] = '\0';
+        fclose(f);
+    }
+    int n = 0;
+    for (long v; n < cap && (v = strtol(at, &at, 10)) > 0;)
+        out[n++] = (pid_t)v;
+    return n;
+}
+
+static int log_count(const struct shim_proc *p, const char *needle)
+{
+    char *log = slurp(p->log);
+    int n = 0;
+    for (const char *at = log; (at = strstr(at, needle)) != NULL; at++)
+        n++;
+    free(log);
+    return n;
+}
+
+Test(ingest, a_process_that_dies_is_started_again)
+{
+    const char *extra[] = {"TIERONE_INGEST_PROCESSES=2", NULL};
+    struct shim_proc p;
+    shim_start(&p, extra);
+    pid_t kids[4];
+    uint64_t deadline = now_ms() + 15000;
+    while (shim_children(&p, kids, 4) < 2 || log_count(&p, "accepting webhooks") < 2) {
+        cr_assert_lt(now_ms(), deadline, "%s", slurp(p.log));
+        usleep(5000);
+    }
+    cr_assert_eq(kill(kids[0], SIGKILL), 0);
+    deadline = now_ms() + 15000;
+    while (log_count(&p, "accepting webhooks") < 3) { /* restarted after about 1 s */
+        cr_assert_lt(now_ms(), deadline, "%s", slurp(p.log));
+        usleep(10000);
+    }
+    cr_assert(log_has(&p, "killed by Killed; starting it again"), "%s", slurp(p.log));
+    pid_t now_kids[4];
+    cr_assert_eq(shim_children(&p, now_kids, 4), 2);
+    cr_assert(now_kids[0] != kids[0] && now_kids[1] != kids[0]);
+    struct resp r;
+    for (int i = 0; i < 10; i++) {
+        post(p.port, "/webhooks/chatwoot", "{\"after\":\"restart\"}", NULL, &r);
+        cr_assert_eq(r.status, 202, "%s", r.body);
+    }
+    deadline = now_ms() + 15000;
+    while (llen() < 10 && now_ms() < deadline)
+        usleep(10000);
+    cr_assert_eq(llen(), 10);
+    shim_stop(&p); /* the last exit of each process counts: 0 */
+}
+
+Test(ingest, a_stranded_spool_of_a_larger_n_is_drained)
+{
+    char url[64], *sp3 = xfmt("%s.3", spool), *sp3_env = xfmt("TIERONE_SPOOL_PATH=%s", sp3);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    /* what process 3 of 3 would leave: a spool named <spool>.3 */
+    const char *as_third[] = {sp3_env, NULL};
+    struct shim_proc p;
+    shim_start_ex(&p, url, 0, as_third);
+    struct resp r;
+    const char *bodies[] = {"{\"n\":1}", "{\"n\":2}", "{\"n\":3}"};
+    for (int i = 0; i < 3; i++) {
+        post(p.port, "/webhooks/chatwoot", bodies[i], NULL, &r);
+        cr_assert(strstr(r.body, "\"spooled\""), "%s", r.body);
+    }
+    shim_stop(&p);
+    cr_assert_eq(spool_records(sp3), 3);
+
+    const char *two[] = {"TIERONE_INGEST_PROCESSES=2", NULL};
+    shim_start(&p, two);
+    uint64_t deadline = now_ms() + 15000;
+    while (llen() < 3 && now_ms() < deadline)
+        usleep(10000);
+    cr_assert_eq(llen(), 3);
+    for (int i = 0; i < 3; i++) {
+        json_t *job = job_at(2 - i, NULL);
+        json_t *a = json_array_get(json_object_get(job, "args"), 0);
+        cr_assert_str_eq(json_string_value(json_object_get(a, "body")), bodies[i]);
+        json_decref(job);
+    }
+    cr_assert_eq(spool_records(sp3), -1, "the stranded spool is removed once moved");
+    cr_assert(log_has(&p, "moved 3 job(s) from the spool"));
+    shim_stop(&p);
+    free(sp3);
+    free(sp3_env);
+}
+
+Test(ingest, two_processes_never_share_a_spool_file)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    const char *bindir = getenv("TIERONE_BIN_DIR");
+    char *cmd = xfmt("TIERONE_LISTEN_HOST=127.0.0.1 TIERONE_LISTEN_PORT=0 TIERONE_ADMIN_PORT=0 "
+                     "TIERONE_WEBHOOK_SECRETS=x TIERONE_SPOOL_PATH='%s' timeout 10 "
+                     "%s/tierone-ingest >%s/second.out 2>&1",
+                     spool, bindir, tmpdir);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "status %d", st);
+    free(cmd);
+    char *path = xfmt("%s/second.out", tmpdir);
+    char *out = slurp(path);
+    cr_assert(strstr(out, "in use by another process"), "%s", out);
+    free(out);
+    free(path);
+    shim_stop(&p);
+}
+
+Test(ingest, healthcheck_flag_checks_the_running_daemon)
+{
+    struct shim_proc p;
+    shim_start(&p, NULL);
+    const char *bindir = getenv("TIERONE_BIN_DIR");
+    char *cmd = xfmt("TIERONE_LISTEN_HOST=0.0.0.0 TIERONE_LISTEN_PORT=%d TIERONE_ADMIN_PORT=0 "
+                     "TIERONE_WEBHOOK_SECRETS=x %s/tierone-ingest --healthcheck >%s/hc.out 2>&1",
+                     p.port, bindir, tmpdir);
+    int st = system(cmd);
+    char *path = xfmt("%s/hc.out", tmpdir);
+    char *out = slurp(path);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d: %s", st, out);
+    cr_assert(strstr(out, "healthy: 200"), "%s", out);
+    free(out);
+    shim_stop(&p);
+    st = system(cmd);
+    out = slurp(path);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status %d: %s", st, out);
+    cr_assert(strstr(out, "unhealthy"), "%s", out);
+    free(out);
+    free(path);
+    free(cmd);
+}
+
+/* shim_job_arg escapes the body 8 bytes at a time: the result must be buf_json_string's,
+ * byte for byte, wherever the characters to escape fall (random bodies of every length
+ * from 0 to 300, mostly plain text with quotes, backslashes, controls and UTF-8 mixed in). */
+Test(ingest_arg, body_escaping_matches_buf_json_string)
+{
+    const char pool[] = "abcxyz \"\\\n\t\x01\x1f\x7f\xc3\xa9\xf0\x9f\x98\x80/<>";
+    srand(12345);
+    char body[300];
+    for (int round = 0; round < 2000; round++) {
+        size_t len = (size_t)(round % 301);
+        int density = 1 + round % 7; /* 1 in 2^density bytes is from the whole pool */
+        for (size_t i = 0; i < len; i++)
+            body[i] = rand() % (1 << density) ? (char)('a' + rand() % 26)
+                                              : pool[rand() % (int)(sizeof pool - 1)];
+        struct buf want = {0}, got = {0};
+        buf_puts(&want, "{\"body\":");
+        buf_json_string(&want, body, len);
+        shim_job_arg(&got, body, len, NULL, NULL, "chatwoot", 1.5);
+        cr_assert_geq(got.len, want.len);
+        cr_assert_eq(memcmp(got.data, want.data, want.len), 0, "round %d:\n%s\n%s", round,
+                     want.data, got.data);
+        cr_assert_eq(strncmp(got.data + want.len, ",\"delivery\":", 12), 0, "%s", got.data);
+        buf_free(&want);
+        buf_free(&got);
+    }
 }
 
 /* shim_job_arg writes received_at with its own integer formatting: it must match Ruby's
