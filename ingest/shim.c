@@ -284,68 +284,13 @@ static void shim_format_time(char *out, size_t cap, double t)
     out[n] = '\0';
 }
 
-/* 1 when one of the 8 bytes of w is below 0x20, '"' or '\\' (bit tricks: a byte b < n
- * iff b - n borrows with b's top bit clear; a byte equals c iff (b ^ c) is zero). */
-static inline int shim_word_needs_escape(uint64_t w)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    uint64_t ctl = (w - ones * 0x20) & ~w & highs;
-    uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
-    return ((ctl | ((q - ones) & ~q & highs) | ((bs - ones) & ~bs & highs)) != 0);
-}
-
-/* buf_json_string's output (same escapes), skipping 8 bytes at a time over the runs that
- * need none: the body is most of a job and nearly all of it is copied as it is. */
-static void shim_json_string(struct buf *b, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    buf_reserve(b, len + 2);
-    buf_append(b, "\"", 1);
-    size_t start = 0, i = 0;
-    for (;;) {
-        uint64_t w;
-        while (i + 8 <= len && (memcpy(&w, s + i, 8), !shim_word_needs_escape(w)))
-            i += 8;
-        if (i >= len)
-            break;
-        unsigned char c = (unsigned char)s[i++];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        buf_append(b, s + start, i - 1 - start);
-        start = i;
-        switch (c) {
-        case '"':
-            buf_append(b, "\\\"", 2);
-            break;
-        case '\\':
-            buf_append(b, "\\\\", 2);
-            break;
-        case '\n':
-            buf_append(b, "\\n", 2);
-            break;
-        case '\r':
-            buf_append(b, "\\r", 2);
-            break;
-        case '\t':
-            buf_append(b, "\\t", 2);
-            break;
-        default: {
-            char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            buf_append(b, u, 6);
-        }
-        }
-    }
-    buf_append(b, s + start, len - start);
-    buf_append(b, "\"", 1);
-}
-
 void shim_job_arg(struct buf *out, const char *body, size_t body_len, const char *delivery,
                   const int64_t *ts, const char *path, double received_at)
 {
     char t[40];
     buf_reserve(out, body_len + body_len / 8 + 160);
     buf_puts(out, "{\"body\":");
-    shim_json_string(out, body, body_len);
+    buf_json_string(out, body, body_len);
     buf_puts(out, ",\"delivery\":");
     if (delivery)
         buf_json_string(out, delivery, strlen(delivery));

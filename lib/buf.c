@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 void buf_reserve(struct buf *b, size_t extra)
@@ -50,18 +51,34 @@ void buf_printf(struct buf *b, const char *fmt, ...)
     va_end(ap2);
 }
 
+/* 1 when one of the 8 bytes of w is below 0x20, '"' or '\\' (bit tricks: a byte b < n
+ * iff b - n borrows with b's top bit clear; a byte equals c iff (b ^ c) is zero). */
+static inline int buf_word_needs_escape(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t ctl = (w - ones * 0x20) & ~w & highs;
+    uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+    return ((ctl | ((q - ones) & ~q & highs) | ((bs - ones) & ~bs & highs)) != 0);
+}
+
+/* Runs that need no escape (nearly all of a webhook body) are skipped 8 bytes at a time. */
 void buf_json_string(struct buf *b, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
     buf_reserve(b, len + 2);
     buf_append(b, "\"", 1);
-    size_t start = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
+    size_t start = 0, i = 0;
+    for (;;) {
+        uint64_t w;
+        while (i + 8 <= len && (memcpy(&w, s + i, 8), !buf_word_needs_escape(w)))
+            i += 8;
+        if (i >= len)
+            break;
+        unsigned char c = (unsigned char)s[i++];
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
-        buf_append(b, s + start, i - start);
-        start = i + 1;
+        buf_append(b, s + start, i - 1 - start);
+        start = i;
         switch (c) {
         case '"':
             buf_append(b, "\\\"", 2);

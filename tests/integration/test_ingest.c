@@ -1328,9 +1328,9 @@ Test(ingest, healthcheck_flag_checks_the_running_daemon)
     free(cmd);
 }
 
-/* shim_job_arg escapes the body 8 bytes at a time: the result must be buf_json_string's,
- * byte for byte, wherever the characters to escape fall (random bodies of every length
- * from 0 to 300, mostly plain text with quotes, backslashes, controls and UTF-8 mixed in). */
+/* shim_job_arg writes the body as buf_json_string does (tests/unit/test_buf.c checks that
+ * escaping against the byte-at-a-time rule), then the other fields: random bodies of every
+ * length from 0 to 300, mostly plain text with quotes, backslashes, controls and UTF-8. */
 Test(ingest_arg, body_escaping_matches_buf_json_string)
 {
     const char pool[] = "abcxyz \"\\\n\t\x01\x1f\x7f\xc3\xa9\xf0\x9f\x98\x80/<>";
