@@ -153,5 +153,9 @@ int pg_sqlstate_retryable(const char *sqlstate);
  * SyntaxError, PoolQueueFull, ...), message "<what>: <message> (SQLSTATE xxxxx)". what
  * names the operation (e.g. "kb search"); NULL for none. Caller owns the result. */
 struct job_error *pg_result_job_error(const struct pg_result *r, const char *what);
+/* The error of a submit function (pg_query, pg_pool_acquire, or a module built on them) that
+ * returned -1 because the pool is closing (the process is shutting down): JOB_ERR_RETRY,
+ * "Tierone::PG::PoolClosing", "<what>: the database pool is closing". Caller owns it. */
+struct job_error *pg_pool_closing_error(const char *what);
 
 #endif

@@ -243,3 +243,9 @@ struct job_error *pg_result_job_error(const struct pg_result *r, const char *wha
     free(klass);
     return e;
 }
+
+struct job_error *pg_pool_closing_error(const char *what)
+{
+    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
+                         "%s: the database pool is closing", what ? what : "query");
+}

@@ -116,8 +116,7 @@ static void chatwoot_event_ignore(struct chatwoot_event *ev, const char *why)
 
 static void chatwoot_event_fail_submit(struct chatwoot_event *ev, const char *what)
 {
-    chatwoot_event_finish(ev, job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosed",
-                                            "%s: the database pool is closing", what));
+    chatwoot_event_finish(ev, pg_pool_closing_error(what));
 }
 
 /* ---- conversation facts ---------------------------------------------------------------- */

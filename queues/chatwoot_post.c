@@ -6,6 +6,7 @@
 #include "chatwoot.h"
 #include "effect.h"
 #include "log.h"
+#include "pg.h"
 #include "pipeline.h"
 #include "xalloc.h"
 
@@ -74,8 +75,7 @@ static void post_on_completed(struct job_error *err, void *arg)
 static void post_complete(struct post *s, json_t *result)
 {
     if (effect_complete(s->p->pg, s->turn_id, s->kind, result, post_on_completed, s) != 0)
-        post_finish(s, job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                                     "cannot complete effect %s", s->kind));
+        post_finish(s, pg_pool_closing_error("complete effect"));
     json_decref(result);
 }
 

@@ -403,8 +403,7 @@ static void cs_on_recorded(const struct pg_result *res, void *arg)
 static void cs_record(struct cs_row *r, const char *sql, int n, const char *const *params)
 {
     if (pg_query(r->job->p->pg, sql, n, params, cs_on_recorded, r) != 0) {
-        cs_stop(r->job, cs_error(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                                 "contact sync: the database pool is closing"));
+        cs_stop(r->job, pg_pool_closing_error("contact sync"));
         cs_row_finished(r);
     }
 }
@@ -737,8 +736,7 @@ static void cs_read_links(struct cs_job *j)
     int rc = pg_query(j->p->pg, sql, 2, params, cs_on_links, j);
     free(text);
     if (rc != 0) {
-        cs_stop(j, cs_error(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                            "contact sync: the database pool is closing"));
+        cs_stop(j, pg_pool_closing_error("contact sync"));
         cs_pump(j);
     }
 }
@@ -790,8 +788,7 @@ static void cs_next_page(struct cs_job *j)
     const char *params[2] = {j->since, j->after ? j->after : ""};
     const char *const *pp = s->uses_since ? params : params + 1;
     if (pg_query(cs_source(s), s->page_sql, s->uses_since ? 2 : 1, pp, cs_on_page, j) != 0) {
-        cs_stop(j, cs_error(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                            "contact sync: the source pool is closing"));
+        cs_stop(j, pg_pool_closing_error("contact sync source"));
         cs_pump(j);
     }
 }
@@ -839,8 +836,7 @@ static void cs_on_run(const struct pg_result *res, void *arg)
     const char *params[] = {j->since};
     if (pg_query(cs_source(s), s->missing_sql, s->uses_since ? 1 : 0, params, cs_on_missing, j) !=
         0) {
-        cs_stop(j, cs_error(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                            "contact sync: the source pool is closing"));
+        cs_stop(j, pg_pool_closing_error("contact sync source"));
         cs_pump(j);
     }
 }
@@ -857,8 +853,7 @@ static void cs_start_run(struct cs_job *j)
     const char *params[] = {j->account, j->full ? "full" : "delta", j->jid,
                             j->shadow ? "true" : "false"};
     if (pg_query(j->p->pg, sql, 4, params, cs_on_run, j) != 0) {
-        cs_stop(j, cs_error(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                            "contact sync: the database pool is closing"));
+        cs_stop(j, pg_pool_closing_error("contact sync"));
         cs_pump(j);
     }
 }
@@ -902,8 +897,7 @@ static void cs_on_conn(struct pg_conn *conn, const struct pg_result *err, void *
     j->lock_conn = conn;
     const char *params[] = {j->account};
     if (pg_conn_query(conn, sql, 1, params, cs_on_locked, j) != 0) {
-        cs_stop(j, cs_error(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                            "contact sync: the database pool is closing"));
+        cs_stop(j, pg_pool_closing_error("contact sync"));
         cs_pump(j);
     }
 }
@@ -947,8 +941,7 @@ static void cs_perform(struct job_ctx *ctx)
     snprintf(j->account, sizeof j->account, "%lld", p->cfg->contact_sync_account);
     job_ctx_set_state(ctx, j);
     if (pg_pool_acquire(p->pg, cs_on_conn, j) != 0) {
-        cs_stop(j, cs_error(JOB_ERR_RETRY, "Tierone::PG::PoolClosing",
-                            "contact sync: the database pool is closing"));
+        cs_stop(j, pg_pool_closing_error("contact sync"));
         cs_pump(j);
     }
 }

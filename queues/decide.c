@@ -173,12 +173,6 @@ static void decide_done(struct decide *d, struct job_error *err)
     job_done(ctx, err);
 }
 
-static struct job_error *decide_pool_closing(const char *what)
-{
-    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
-                         what);
-}
-
 static void decide_on_failsafe(struct job_error *err, void *arg)
 {
     struct decide *d = arg;
@@ -237,7 +231,7 @@ static void decide_store_decision(struct decide *d, json_t *decision)
     int rc = decide_store(d->p, d->jid, PIPELINE_DECIDE, d->id, decision, decide_on_stored, d);
     json_decref(decision);
     if (rc != 0)
-        decide_done(d, decide_pool_closing("store decision"));
+        decide_done(d, pg_pool_closing_error("store decision"));
 }
 
 /* ---- CHAT ------------------------------------------------------------------------------- */
@@ -338,7 +332,7 @@ static void decide_ledger(struct decide *d)
 {
     const char *params[] = {d->ids[0], d->ids[1], d->ids[2]};
     if (pg_query(d->p->pg, DECIDE_LEDGER_SQL, 3, params, decide_on_ledger, d) != 0)
-        decide_done(d, decide_pool_closing("read earlier turns"));
+        decide_done(d, pg_pool_closing_error("read earlier turns"));
 }
 
 static void decide_on_messages(struct job_error *err, json_t *payload, void *arg)
@@ -383,7 +377,7 @@ static void decide_on_turn(struct job_error *err, struct turn *t, void *arg)
     if (t->decision) { /* a re-run: keep the decision, enqueue its step again */
         if (decide_store(d->p, d->jid, PIPELINE_DECIDE, d->id, t->decision, decide_on_stored, d) !=
             0)
-            decide_done(d, decide_pool_closing("store decision"));
+            decide_done(d, pg_pool_closing_error("store decision"));
         return;
     }
     d->inbox = inbox_config_get(d->p->inboxes, t->inbox);
@@ -412,7 +406,7 @@ static void decide_perform(struct job_ctx *ctx)
     d->id = id;
     job_ctx_set_state(ctx, d);
     if (turn_load(d->p->pg, id, decide_on_turn, d) != 0)
-        decide_done(d, decide_pool_closing("load turn"));
+        decide_done(d, pg_pool_closing_error("load turn"));
 }
 
 const struct job_type decide_type = {PIPELINE_DECIDE, decide_perform, NULL};

@@ -70,12 +70,6 @@ static void escalate_done(struct escalate *e, struct job_error *err)
     job_done(ctx, err);
 }
 
-static struct job_error *escalate_pool_closing(const char *what)
-{
-    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
-                         what);
-}
-
 static void escalate_next(struct escalate *e)
 {
     e->step++;
@@ -114,7 +108,7 @@ static void escalate_on_sent(struct job_error *err, json_t *result, void *arg)
         effect_complete(e->p->pg, e->t->id, escalate_kinds[e->step], rec, escalate_on_completed, e);
     json_decref(rec);
     if (rc != 0)
-        escalate_done(e, escalate_pool_closing("complete effect"));
+        escalate_done(e, pg_pool_closing_error("complete effect"));
 }
 
 static void escalate_on_claim(struct job_error *err, const struct effect_claim *c, void *arg)
@@ -146,7 +140,7 @@ static void escalate_claim(struct escalate *e, json_t *payload)
                           escalate_on_claim, e);
     json_decref(payload);
     if (rc != 0)
-        escalate_done(e, escalate_pool_closing("claim effect"));
+        escalate_done(e, pg_pool_closing_error("claim effect"));
 }
 
 /* ---- NOTE ------------------------------------------------------------------------------ */
@@ -184,7 +178,7 @@ static void escalate_note(struct escalate *e)
     int rc = chatwoot_post_send(e->p, &m, escalate_on_note, e);
     free(content);
     if (rc != 0)
-        escalate_done(e, escalate_pool_closing("claim escalation note"));
+        escalate_done(e, pg_pool_closing_error("claim escalation note"));
 }
 
 /* ---- LABELS, HANDOFF, SLACK ------------------------------------------------------------ */
@@ -374,7 +368,7 @@ static void escalate_run(struct escalate *e)
         log_job(LOG_INFO, e->jid, PIPELINE_ESCALATE, "turn %lld escalated: %s", e->t->id,
                 e->reason);
         if (turn_finish(e->p->pg, e->t->id, "escalated", e->reason, escalate_on_finished, e) != 0)
-            escalate_done(e, escalate_pool_closing("finish turn"));
+            escalate_done(e, pg_pool_closing_error("finish turn"));
         return;
     }
     abort();
@@ -419,7 +413,7 @@ static void escalate_perform(struct job_ctx *ctx)
     e->jid = job_ctx_job(ctx)->jid;
     job_ctx_set_state(ctx, e);
     if (turn_load(e->p->pg, id, escalate_on_turn, e) != 0)
-        escalate_done(e, escalate_pool_closing("load turn"));
+        escalate_done(e, pg_pool_closing_error("load turn"));
 }
 
 const struct job_type escalate_type = {PIPELINE_ESCALATE, escalate_perform, NULL};

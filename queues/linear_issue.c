@@ -28,6 +28,7 @@
 #include "effect.h"
 #include "linear.h"
 #include "log.h"
+#include "pg.h"
 #include "pipeline.h"
 #include "turn.h"
 #include "xalloc.h"
@@ -74,12 +75,6 @@ static void linear_job_done(struct linear_job *l, struct job_error *err)
     free(l->description);
     free(l);
     job_done(ctx, err);
-}
-
-static struct job_error *linear_job_pool_closing(const char *what)
-{
-    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
-                         what);
 }
 
 /* ---- the issue's text ------------------------------------------------------------------ */
@@ -196,7 +191,7 @@ static void linear_job_attachment_complete(struct linear_job *l, json_t *result)
                              linear_job_on_attachment_completed, l);
     json_decref(result);
     if (rc != 0)
-        linear_job_done(l, linear_job_pool_closing("complete linear_attachment"));
+        linear_job_done(l, pg_pool_closing_error("complete linear_attachment"));
 }
 
 static void linear_job_on_attached(struct job_error *err, json_t *result, void *arg)
@@ -244,7 +239,7 @@ static void linear_job_attachment(struct linear_job *l)
                           linear_job_on_attachment_claim, l);
     json_decref(payload);
     if (rc != 0)
-        linear_job_done(l, linear_job_pool_closing("claim linear_attachment"));
+        linear_job_done(l, pg_pool_closing_error("claim linear_attachment"));
 }
 
 /* ---- ISSUE ----------------------------------------------------------------------------- */
@@ -264,7 +259,7 @@ static void linear_job_issue_complete(struct linear_job *l, json_t *result)
                              linear_job_on_issue_completed, l);
     json_decref(result);
     if (rc != 0)
-        linear_job_done(l, linear_job_pool_closing("complete linear_issue"));
+        linear_job_done(l, pg_pool_closing_error("complete linear_issue"));
 }
 
 static void linear_job_on_created(struct job_error *err, json_t *result, void *arg)
@@ -329,7 +324,7 @@ static void linear_job_issue(struct linear_job *l)
                           linear_job_on_issue_claim, l);
     json_decref(payload);
     if (rc != 0)
-        linear_job_done(l, linear_job_pool_closing("claim linear_issue"));
+        linear_job_done(l, pg_pool_closing_error("claim linear_issue"));
 }
 
 /* ---- LOAD ------------------------------------------------------------------------------ */
@@ -368,7 +363,7 @@ static void linear_job_perform(struct job_ctx *ctx)
     l->jid = job_ctx_job(ctx)->jid;
     job_ctx_set_state(ctx, l);
     if (turn_load(l->p->pg, id, linear_job_on_turn, l) != 0)
-        linear_job_done(l, linear_job_pool_closing("load turn"));
+        linear_job_done(l, pg_pool_closing_error("load turn"));
 }
 
 const struct job_type linear_issue_type = {PIPELINE_LINEAR_ISSUE, linear_job_perform, NULL};

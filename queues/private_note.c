@@ -45,12 +45,6 @@ static void private_note_done(struct private_note *n, struct job_error *err)
     job_done(ctx, err);
 }
 
-static struct job_error *private_note_pool_closing(const char *what)
-{
-    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
-                         what);
-}
-
 /* ---- NOTE ------------------------------------------------------------------------------ */
 
 static void private_note_on_posted(struct job_error *err, enum chatwoot_post_outcome outcome,
@@ -87,7 +81,7 @@ static void private_note_post(struct private_note *n, const char *identifier, co
     int rc = chatwoot_post_send(n->p, &m, private_note_on_posted, n);
     free(content);
     if (rc != 0)
-        private_note_done(n, private_note_pool_closing("claim linear_note"));
+        private_note_done(n, pg_pool_closing_error("claim linear_note"));
 }
 
 /* ---- ISSUE ----------------------------------------------------------------------------- */
@@ -129,7 +123,7 @@ static void private_note_on_turn(struct job_error *err, struct turn *t, void *ar
     n->shadow = pipeline_shadow(n->p, inbox_config_get(n->p->inboxes, t->inbox));
     const char *params[] = {n->id};
     if (pg_query(n->p->pg, NOTE_ISSUE_SQL, 1, params, private_note_on_issue, n) != 0)
-        private_note_done(n, private_note_pool_closing("read linear_issue effect"));
+        private_note_done(n, pg_pool_closing_error("read linear_issue effect"));
 }
 
 static void private_note_perform(struct job_ctx *ctx)
@@ -144,7 +138,7 @@ static void private_note_perform(struct job_ctx *ctx)
     snprintf(n->id, sizeof n->id, "%lld", id);
     job_ctx_set_state(ctx, n);
     if (turn_load(n->p->pg, id, private_note_on_turn, n) != 0)
-        private_note_done(n, private_note_pool_closing("load turn"));
+        private_note_done(n, pg_pool_closing_error("load turn"));
 }
 
 const struct job_type private_note_type = {PIPELINE_PRIVATE_NOTE, private_note_perform, NULL};

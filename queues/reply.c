@@ -72,12 +72,6 @@ static void reply_done(struct reply *r, struct job_error *err)
     job_done(ctx, err);
 }
 
-static struct job_error *reply_pool_closing(const char *what)
-{
-    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
-                         what);
-}
-
 static void reply_on_finished(struct job_error *err, void *arg)
 {
     reply_done(arg, err);
@@ -89,7 +83,7 @@ static void reply_finish_turn(struct reply *r, const char *state, const char *re
     if (reason)
         log_job(LOG_INFO, r->jid, PIPELINE_REPLY, "turn %lld %s: %s", r->t->id, state, reason);
     if (turn_finish(r->p->pg, r->t->id, state, reason, reply_on_finished, r) != 0)
-        reply_done(r, reply_pool_closing("finish turn"));
+        reply_done(r, pg_pool_closing_error("finish turn"));
 }
 
 /* ---- POST ------------------------------------------------------------------------------ */
@@ -125,7 +119,7 @@ static void reply_post(struct reply *r)
         .klass = PIPELINE_REPLY,
     };
     if (chatwoot_post_send(r->p, &m, reply_on_posted, r) != 0)
-        reply_done(r, reply_pool_closing("claim reply"));
+        reply_done(r, pg_pool_closing_error("claim reply"));
 }
 
 /* ---- CAP ------------------------------------------------------------------------------- */
@@ -171,14 +165,14 @@ static void reply_on_cap(const struct pg_result *res, void *arg)
     snprintf(r->reason, sizeof r->reason, "reply cap reached (%lld in the last hour)", n);
     const char *params[] = {r->ids[2], r->reason};
     if (pg_query(r->p->pg, REPLY_CAP_DECISION_SQL, 2, params, reply_on_cap_decision, r) != 0)
-        reply_done(r, reply_pool_closing("rewrite decision"));
+        reply_done(r, pg_pool_closing_error("rewrite decision"));
 }
 
 static void reply_cap(struct reply *r)
 {
     const char *params[] = {r->ids[0], r->ids[1], r->ids[2]};
     if (pg_query(r->p->pg, REPLY_CAP_SQL, 3, params, reply_on_cap, r) != 0)
-        reply_done(r, reply_pool_closing("count replies"));
+        reply_done(r, pg_pool_closing_error("count replies"));
 }
 
 /* ---- FRESH ----------------------------------------------------------------------------- */
@@ -282,7 +276,7 @@ static void reply_on_turn(struct job_error *err, struct turn *t, void *arg)
     }
     const char *params[] = {r->ids[0], r->ids[1]};
     if (pg_query(r->p->pg, REPLY_LEDGER_SQL, 2, params, reply_on_ledger, r) != 0)
-        reply_done(r, reply_pool_closing("read conversation"));
+        reply_done(r, pg_pool_closing_error("read conversation"));
 }
 
 static void reply_perform(struct job_ctx *ctx)
@@ -297,7 +291,7 @@ static void reply_perform(struct job_ctx *ctx)
     snprintf(r->ids[2], sizeof r->ids[2], "%lld", id);
     job_ctx_set_state(ctx, r);
     if (turn_load(r->p->pg, id, reply_on_turn, r) != 0)
-        reply_done(r, reply_pool_closing("load turn"));
+        reply_done(r, pg_pool_closing_error("load turn"));
 }
 
 const struct job_type reply_type = {PIPELINE_REPLY, reply_perform, NULL};

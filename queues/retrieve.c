@@ -86,12 +86,6 @@ static void retrieve_done(struct retrieve *r, struct job_error *err)
     job_done(ctx, err);
 }
 
-static struct job_error *retrieve_pool_closing(const char *what)
-{
-    return job_error_new(JOB_ERR_RETRY, "Tierone::PG::PoolClosing", "%s: the pool is closing",
-                         what);
-}
-
 static void retrieve_on_failsafe(struct job_error *err, void *arg)
 {
     struct retrieve *r = arg;
@@ -154,7 +148,7 @@ static void retrieve_store(struct retrieve *r)
     int rc = pg_query(r->p->pg, RETRIEVE_STORE_SQL, 3, params, retrieve_on_stored, r);
     free(passages);
     if (rc != 0)
-        retrieve_done(r, retrieve_pool_closing("store passages"));
+        retrieve_done(r, pg_pool_closing_error("store passages"));
 }
 
 /* ---- SEARCH ----------------------------------------------------------------------------- */
@@ -208,7 +202,7 @@ static void retrieve_search(struct retrieve *r)
     int rc = kb_search(r->p->pg, &req, retrieve_on_search, r);
     free(text);
     if (rc != 0)
-        retrieve_done(r, retrieve_pool_closing("kb search"));
+        retrieve_done(r, pg_pool_closing_error("kb search"));
 }
 
 /* ---- BURST ------------------------------------------------------------------------------ */
@@ -259,13 +253,13 @@ static void retrieve_on_turn(struct job_error *err, struct turn *t, void *arg)
         if (turn_finish(r->p->pg, t->id, "superseded",
                         "a newer message of the burst is answered instead", retrieve_on_finished,
                         r) != 0)
-            retrieve_done(r, retrieve_pool_closing("finish turn"));
+            retrieve_done(r, pg_pool_closing_error("finish turn"));
         return;
     }
     r->inbox = inbox_config_get(r->p->inboxes, t->inbox);
     const char *params[] = {r->idtext, r->superseded_by};
     if (pg_query(r->p->pg, RETRIEVE_BURST_SQL, 2, params, retrieve_on_burst, r) != 0)
-        retrieve_done(r, retrieve_pool_closing("read burst"));
+        retrieve_done(r, pg_pool_closing_error("read burst"));
 }
 
 static void retrieve_perform(struct job_ctx *ctx)
@@ -282,7 +276,7 @@ static void retrieve_perform(struct job_ctx *ctx)
     snprintf(r->superseded_by, sizeof r->superseded_by, "answered with turn %lld", id);
     job_ctx_set_state(ctx, r);
     if (turn_load(r->p->pg, id, retrieve_on_turn, r) != 0)
-        retrieve_done(r, retrieve_pool_closing("load turn"));
+        retrieve_done(r, pg_pool_closing_error("load turn"));
 }
 
 const struct job_type retrieve_type = {PIPELINE_RETRIEVE, retrieve_perform, NULL};
