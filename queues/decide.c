@@ -121,21 +121,50 @@ int decide_store(struct pipeline *p, const char *jid, const char *klass, long lo
     return rc;
 }
 
-int decide_failsafe(struct pipeline *p, const char *jid, const char *klass, long long turn_id,
-                    const char *message, pipeline_enqueue_cb cb, void *arg)
+/* One fail-safe in flight: the error it stands for, kept in case it cannot be stored. */
+struct decide_failsafe_call {
+    struct job_error *err;
+    const char *jid, *klass;
+    long long turn_id;
+    pipeline_enqueue_cb cb;
+    void *arg;
+};
+
+static void decide_on_failsafe(struct job_error *err, void *arg)
 {
-    json_t *d = decide_prompt_failsafe(message);
-    log_job(LOG_WARN, jid, klass, "turn %lld: fail-safe escalation: %s", turn_id,
-            json_string_value(json_object_get(d, "reason")));
-    int rc = decide_store(p, jid, klass, turn_id, d, cb, arg);
-    json_decref(d);
-    return rc;
+    struct decide_failsafe_call *f = arg;
+    struct job_error *result = NULL;
+    if (err) { /* the fail-safe could not run either: the job fails with its own error */
+        log_job(LOG_WARN, f->jid, f->klass, "turn %lld: fail-safe failed: %s", f->turn_id,
+                err->error_message);
+        job_error_free(err);
+        result = f->err;
+    } else {
+        job_error_free(f->err);
+    }
+    f->cb(result, f->arg);
+    free(f);
 }
 
-int decide_failsafe_due(const struct pipeline *p, const struct job *j, const struct job_error *err)
+struct job_error *decide_fail(struct pipeline *p, const struct job *j, long long turn_id,
+                              struct job_error *err, int force, pipeline_enqueue_cb cb, void *arg)
 {
-    return (err->kind == JOB_ERR_RETRY || err->kind == JOB_ERR_RETRY_AT) &&
-           pipeline_last_attempt(p, j);
+    int due = (err->kind == JOB_ERR_RETRY || err->kind == JOB_ERR_RETRY_AT) &&
+              pipeline_last_attempt(p, j);
+    if (!force && !due)
+        return err;
+    json_t *d = decide_prompt_failsafe(err->error_message);
+    log_job(LOG_WARN, j->jid, j->klass, "turn %lld: fail-safe escalation: %s", turn_id,
+            json_string_value(json_object_get(d, "reason")));
+    struct decide_failsafe_call *f = xcalloc(1, sizeof *f);
+    *f = (struct decide_failsafe_call){err, j->jid, j->klass, turn_id, cb, arg};
+    int rc = decide_store(p, j->jid, j->klass, turn_id, d, decide_on_failsafe, f);
+    json_decref(d);
+    if (rc != 0) {
+        free(f);
+        return err;
+    }
+    return NULL;
 }
 
 /* ---- the job ---------------------------------------------------------------------------- */
@@ -156,7 +185,6 @@ struct decide {
     json_t *schema;
     struct decide_messages msgs;
     int attempts;
-    struct job_error *failed; /* the error held while the fail-safe runs */
 };
 
 static void decide_done(struct decide *d, struct job_error *err)
@@ -168,45 +196,21 @@ static void decide_done(struct decide *d, struct job_error *err)
     json_decref(d->history);
     json_decref(d->schema);
     decide_messages_free(&d->msgs);
-    job_error_free(d->failed);
     free(d);
     job_done(ctx, err);
 }
 
-static void decide_on_failsafe(struct job_error *err, void *arg)
+static void decide_on_failed(struct job_error *err, void *arg)
 {
-    struct decide *d = arg;
-    struct job_error *orig = d->failed;
-    d->failed = NULL;
-    if (err) { /* the fail-safe could not run either: fail with the original error */
-        log_job(LOG_WARN, d->jid, PIPELINE_DECIDE, "turn %lld: fail-safe failed: %s", d->id,
-                err->error_message);
-        job_error_free(err);
-        decide_done(d, orig);
-        return;
-    }
-    job_error_free(orig);
-    decide_done(d, NULL);
+    decide_done(arg, err);
 }
 
-/* Escalate with "assistant unavailable: <err>" now; err is kept for the case the fail-safe
- * itself fails. */
-static void decide_failsafe_now(struct decide *d, struct job_error *err)
+/* A step failed with err: the fail-safe when it is due (or at once with force), else the
+ * error as it is. */
+static void decide_step_failed(struct decide *d, int force, struct job_error *err)
 {
-    d->failed = err;
-    if (decide_failsafe(d->p, d->jid, PIPELINE_DECIDE, d->id, err->error_message,
-                        decide_on_failsafe, d) != 0) {
-        d->failed = NULL;
-        decide_done(d, err);
-    }
-}
-
-/* A step failed with err: the fail-safe on the last attempt, else the error as it is. */
-static void decide_fail(struct decide *d, struct job_error *err)
-{
-    if (decide_failsafe_due(d->p, job_ctx_job(d->ctx), err))
-        decide_failsafe_now(d, err);
-    else
+    err = decide_fail(d->p, job_ctx_job(d->ctx), d->id, err, force, decide_on_failed, d);
+    if (err)
         decide_done(d, err);
 }
 
@@ -216,7 +220,7 @@ static void decide_on_stored(struct job_error *err, void *arg)
 {
     struct decide *d = arg;
     if (err)
-        decide_fail(d, err);
+        decide_step_failed(d, 0, err);
     else
         decide_done(d, NULL);
 }
@@ -253,11 +257,8 @@ static void decide_unusable(struct decide *d, const char *why, const char *model
 static void decide_on_chat(struct job_error *err, const struct llm_chat_result *res, void *arg)
 {
     struct decide *d = arg;
-    if (err) {
-        if (err->kind == JOB_ERR_PERMANENT)
-            decide_failsafe_now(d, err);
-        else
-            decide_fail(d, err);
+    if (err) { /* a permanent LLM error (bad key, quota) will not mend: hand off now */
+        decide_step_failed(d, err->kind == JOB_ERR_PERMANENT, err);
         return;
     }
     const char *model = res->model ? res->model : d->inbox->model;
@@ -291,8 +292,9 @@ static void decide_chat(struct decide *d)
                                    .has_temperature = 1,
                                    .temperature = d->inbox->temperature};
     if (llm_chat(d->p->llm, d->jid, &req, decide_on_chat, d) != 0)
-        decide_failsafe_now(d, job_error_new(JOB_ERR_PERMANENT, "Tierone::LLM::Refused",
-                                             "the LLM request could not be made (no model?)"));
+        decide_step_failed(d, 1,
+                           job_error_new(JOB_ERR_PERMANENT, "Tierone::LLM::Refused",
+                                         "the LLM request could not be made (no model?)"));
 }
 
 static void decide_ask(struct decide *d)
@@ -314,7 +316,7 @@ static void decide_on_ledger(const struct pg_result *r, void *arg)
     struct decide *d = arg;
     struct job_error *err = pg_result_job_error(r, "read earlier turns");
     if (err) {
-        decide_fail(d, err);
+        decide_step_failed(d, 0, err);
         return;
     }
     d->history = json_array();
@@ -366,7 +368,7 @@ static void decide_on_turn(struct job_error *err, struct turn *t, void *arg)
 {
     struct decide *d = arg;
     if (err) {
-        decide_fail(d, err);
+        decide_step_failed(d, 0, err);
         return;
     }
     d->t = t;

@@ -19,14 +19,16 @@
 int decide_store(struct pipeline *p, const char *jid, const char *klass, long long turn_id,
                  const json_t *decision, pipeline_enqueue_cb cb, void *arg);
 
-/* The fail-safe: decide_store of decide_prompt_failsafe(message) ("assistant unavailable:
- * <message>"), logged at warn. Same contract as decide_store. */
-int decide_failsafe(struct pipeline *p, const char *jid, const char *klass, long long turn_id,
-                    const char *message, pipeline_enqueue_cb cb, void *arg);
-
-/* 1 when a step that failed with err should take the fail-safe now instead of failing:
- * err is retryable (retry or retry-at) and this run is the job's last attempt
- * (pipeline_last_attempt). Rate-limit reschedules and permanent errors: 0. */
-int decide_failsafe_due(const struct pipeline *p, const struct job *j, const struct job_error *err);
+/* A step of job j on turn turn_id failed with err (taken). When force (a permanent LLM
+ * failure: retrying cannot help) or when the fail-safe is due (err is retryable and this run
+ * is the job's last attempt, pipeline_last_attempt), the turn is escalated with "assistant
+ * unavailable: <err>" (decide_store of decide_prompt_failsafe, logged at warn): the function
+ * returns NULL and cb(result, arg) runs exactly once later, with result NULL when the
+ * fail-safe was stored and enqueued, or err itself when it could not be (that failure is
+ * logged; the job then fails with its own error). Otherwise cb never runs and err is
+ * returned for the caller to finish with (rate-limit reschedules, permanent errors, earlier
+ * attempts, a closing pool). */
+struct job_error *decide_fail(struct pipeline *p, const struct job *j, long long turn_id,
+                              struct job_error *err, int force, pipeline_enqueue_cb cb, void *arg);
 
 #endif

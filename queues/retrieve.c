@@ -71,7 +71,6 @@ struct retrieve {
     const struct inbox_settings *inbox;
     char *question;
     json_t *passages;
-    struct job_error *failed; /* the error held while the fail-safe runs */
 };
 
 static void retrieve_done(struct retrieve *r, struct job_error *err)
@@ -81,38 +80,21 @@ static void retrieve_done(struct retrieve *r, struct job_error *err)
     turn_free(r->t);
     free(r->question);
     json_decref(r->passages);
-    job_error_free(r->failed);
     free(r);
     job_done(ctx, err);
 }
 
-static void retrieve_on_failsafe(struct job_error *err, void *arg)
+static void retrieve_on_failed(struct job_error *err, void *arg)
 {
-    struct retrieve *r = arg;
-    struct job_error *orig = r->failed;
-    r->failed = NULL;
-    if (err) { /* the fail-safe could not run either: fail with the original error */
-        log_job(LOG_WARN, r->jid, PIPELINE_RETRIEVE, "turn %lld: fail-safe failed: %s", r->id,
-                err->error_message);
-        job_error_free(err);
-        retrieve_done(r, orig);
-        return;
-    }
-    job_error_free(orig);
-    retrieve_done(r, NULL);
+    retrieve_done(arg, err);
 }
 
 /* A step failed with err: the fail-safe on the last attempt, else the error as it is. */
 static void retrieve_fail(struct retrieve *r, struct job_error *err)
 {
-    if (decide_failsafe_due(r->p, job_ctx_job(r->ctx), err)) {
-        r->failed = err;
-        if (decide_failsafe(r->p, r->jid, PIPELINE_RETRIEVE, r->id, err->error_message,
-                            retrieve_on_failsafe, r) == 0)
-            return;
-        r->failed = NULL;
-    }
-    retrieve_done(r, err);
+    err = decide_fail(r->p, job_ctx_job(r->ctx), r->id, err, 0, retrieve_on_failed, r);
+    if (err)
+        retrieve_done(r, err);
 }
 
 /* ---- ENQUEUE ---------------------------------------------------------------------------- */
