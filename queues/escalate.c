@@ -388,7 +388,7 @@ static void escalate_on_turn(struct job_error *err, struct turn *t, void *arg)
         escalate_done(e, NULL);
         return;
     }
-    snprintf(e->key, sizeof e->key, "%lld:%lld:%lld", t->account, t->conversation, t->message);
+    turn_key(t, e->key, sizeof e->key);
     e->inbox = inbox_config_get(e->p->inboxes, t->inbox);
     e->shadow = pipeline_shadow(e->p, e->inbox);
     e->reason = json_string_value(json_object_get(t->decision, "reason"));

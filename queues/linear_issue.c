@@ -337,7 +337,7 @@ static void linear_job_on_turn(struct job_error *err, struct turn *t, void *arg)
         return;
     }
     l->t = t;
-    snprintf(l->key, sizeof l->key, "%lld:%lld:%lld", t->account, t->conversation, t->message);
+    turn_key(t, l->key, sizeof l->key);
     char seed[112];
     snprintf(seed, sizeof seed, "tierone:%s", l->key);
     linear_uuid_from_key(seed, l->uuid);

@@ -60,8 +60,8 @@ static void private_note_on_posted(struct job_error *err, enum chatwoot_post_out
 static void private_note_post(struct private_note *n, const char *identifier, const char *url)
 {
     char marker[128];
-    snprintf(marker, sizeof marker, "%lld:%lld:%lld:linear", n->t->account, n->t->conversation,
-             n->t->message);
+    turn_key(n->t, marker, sizeof marker - 8);
+    strcat(marker, ":linear");
     char *content = url && *url ? xasprintf("Linear issue %s: %s", identifier, url)
                                 : xasprintf("Linear issue %s", identifier);
     struct chatwoot_post m = {
