@@ -5,14 +5,14 @@
  *   LOAD      turn_load. A finished turn: done (a re-run after the end). The decision must
  *             say "answer" (else a permanent ArgumentError), except a decision the reply
  *             cap rewrote (by "reply_cap"), which re-enqueues Escalate (CAPPED).
- *   LEDGER    the conversations row: a status the inbox does not serve, or human_active,
- *             drops the turn ("dropped", reason). No row: nothing known, carry on.
+ *   LEDGER    the conversations row and the conversation's replies of the last hour (one
+ *             statement): a status the inbox does not serve, or human_active, drops the
+ *             turn ("dropped", reason). No row: nothing known, carry on.
  *             A turn that is no longer the newest of its conversation is "superseded"
  *             (the newer turn's question reads this message too).
  *   FRESH     (live inbox with Chatwoot) GET the conversation: an unserved status, or
  *             meta.assignee_type "User" (a human took it), drops the turn.
- *   CAP       count the conversation's replies in the last hour (effects 'reply' pending,
- *             sent or shadow, other turns). At inbox->max_replies_per_hour: rewrite the
+ *   CAP       the replies counted in LEDGER. At inbox->max_replies_per_hour: rewrite the
  *             decision to escalate ("reply cap reached (N in the last hour)", by
  *             "reply_cap") and enqueue Escalate instead (CAPPED).
  *   POST      chatwoot_post.h: effect "reply" with the marker
@@ -37,14 +37,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char REPLY_LEDGER_SQL[] = "SELECT status, human_active FROM conversations"
-                                       " WHERE account_id = $1 AND conversation_id = $2";
-
-static const char REPLY_CAP_SQL[] =
-    "SELECT count(*) FROM effects e JOIN turns t ON t.id = e.turn_id"
-    " WHERE t.account_id = $1 AND t.conversation_id = $2 AND e.turn_id <> $3"
-    " AND e.kind = 'reply' AND e.state IN ('pending', 'sent', 'shadow')"
-    " AND e.created_at > now() - interval '1 hour'";
+/* The conversation's ledger row (NULLs when there is none) and its replies of the last hour
+ * (effects 'reply' pending, sent or shadow, of its other turns), in one round trip. */
+static const char REPLY_LEDGER_SQL[] =
+    "SELECT c.status, c.human_active,"
+    " (SELECT count(*) FROM effects e JOIN turns t ON t.id = e.turn_id"
+    "   WHERE t.account_id = $1 AND t.conversation_id = $2 AND e.turn_id <> $3"
+    "   AND e.kind = 'reply' AND e.state IN ('pending', 'sent', 'shadow')"
+    "   AND e.created_at > now() - interval '1 hour')"
+    " FROM (SELECT 1) AS one LEFT JOIN conversations c"
+    " ON c.account_id = $1 AND c.conversation_id = $2";
 
 static const char REPLY_CAP_DECISION_SQL[] =
     "UPDATE turns SET decision = coalesce(decision, '{}'::jsonb)"
@@ -58,9 +60,10 @@ struct reply {
     struct turn *t;
     const struct inbox_settings *inbox;
     int shadow;
-    char key[96];    /* "<account>:<conversation>:<message>" */
-    char ids[3][32]; /* account, conversation, turn id as SQL parameters */
-    char reason[96]; /* the cap's reason */
+    char key[96];             /* "<account>:<conversation>:<message>" */
+    char ids[3][32];          /* account, conversation, turn id as SQL parameters */
+    char reason[96];          /* the cap's reason */
+    long long recent_replies; /* the conversation's replies of the last hour (LEDGER) */
 };
 
 static void reply_done(struct reply *r, struct job_error *err)
@@ -148,16 +151,10 @@ static void reply_on_cap_decision(const struct pg_result *res, void *arg)
     reply_enqueue_escalate(r);
 }
 
-static void reply_on_cap(const struct pg_result *res, void *arg)
+/* The cap: post, or at max_replies_per_hour escalate instead. */
+static void reply_cap(struct reply *r)
 {
-    struct reply *r = arg;
-    struct job_error *err = pg_result_job_error(res, "count replies");
-    if (err) {
-        reply_done(r, err);
-        return;
-    }
-    const char *v = pg_result_value(res, 0, 0);
-    long long n = v ? strtoll(v, NULL, 10) : 0;
+    long long n = r->recent_replies;
     if (n < r->inbox->max_replies_per_hour) {
         reply_post(r);
         return;
@@ -166,13 +163,6 @@ static void reply_on_cap(const struct pg_result *res, void *arg)
     const char *params[] = {r->ids[2], r->reason};
     if (pg_query(r->p->pg, REPLY_CAP_DECISION_SQL, 2, params, reply_on_cap_decision, r) != 0)
         reply_done(r, pg_pool_closing_error("rewrite decision"));
-}
-
-static void reply_cap(struct reply *r)
-{
-    const char *params[] = {r->ids[0], r->ids[1], r->ids[2]};
-    if (pg_query(r->p->pg, REPLY_CAP_SQL, 3, params, reply_on_cap, r) != 0)
-        reply_done(r, pg_pool_closing_error("count replies"));
 }
 
 /* ---- FRESH ----------------------------------------------------------------------------- */
@@ -221,18 +211,18 @@ static void reply_on_ledger(const struct pg_result *res, void *arg)
         return;
     }
     char reason[128];
-    if (pg_result_nrows(res) == 1) {
-        const char *status = pg_result_value(res, 0, 0);
-        const char *human = pg_result_value(res, 0, 1);
-        if (human && strcmp(human, "t") == 0) {
-            reply_finish_turn(r, "dropped", "a human took over");
-            return;
-        }
-        if (status && !inbox_serves_status(r->inbox, status)) {
-            snprintf(reason, sizeof reason, "conversation is %s", status);
-            reply_finish_turn(r, "dropped", reason);
-            return;
-        }
+    const char *status = pg_result_value(res, 0, 0); /* NULL: no ledger row yet */
+    const char *human = pg_result_value(res, 0, 1);
+    const char *replies = pg_result_value(res, 0, 2);
+    r->recent_replies = replies ? strtoll(replies, NULL, 10) : 0;
+    if (human && strcmp(human, "t") == 0) {
+        reply_finish_turn(r, "dropped", "a human took over");
+        return;
+    }
+    if (status && !inbox_serves_status(r->inbox, status)) {
+        snprintf(reason, sizeof reason, "conversation is %s", status);
+        reply_finish_turn(r, "dropped", reason);
+        return;
     }
     if (!turn_is_newest(r->t)) {
         snprintf(reason, sizeof reason, "a newer message (%lld) arrived", r->t->newest_message);
@@ -256,7 +246,7 @@ static void reply_on_turn(struct job_error *err, struct turn *t, void *arg)
         reply_done(r, NULL);
         return;
     }
-    snprintf(r->key, sizeof r->key, "%lld:%lld:%lld", t->account, t->conversation, t->message);
+    turn_key(t, r->key, sizeof r->key);
     snprintf(r->ids[0], sizeof r->ids[0], "%lld", t->account);
     snprintf(r->ids[1], sizeof r->ids[1], "%lld", t->conversation);
     r->inbox = inbox_config_get(r->p->inboxes, t->inbox);
@@ -274,8 +264,8 @@ static void reply_on_turn(struct job_error *err, struct turn *t, void *arg)
                                     action ? action : "missing"));
         return;
     }
-    const char *params[] = {r->ids[0], r->ids[1]};
-    if (pg_query(r->p->pg, REPLY_LEDGER_SQL, 2, params, reply_on_ledger, r) != 0)
+    const char *params[] = {r->ids[0], r->ids[1], r->ids[2]};
+    if (pg_query(r->p->pg, REPLY_LEDGER_SQL, 3, params, reply_on_ledger, r) != 0)
         reply_done(r, pg_pool_closing_error("read conversation"));
 }
 
