@@ -39,16 +39,6 @@ static void stack_nap(void)
     nanosleep(&ts, NULL);
 }
 
-const char *test_stack_fmt(const char *fmt, ...)
-{
-    static char buf[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
 static const char *stack_bindir(void)
 {
     const char *d = getenv("TIERONE_BIN_DIR");

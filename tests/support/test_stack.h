@@ -85,7 +85,4 @@ int test_stack_wait_sql(struct test_stack *s, const char *sql, const char *want,
 size_t test_stack_count_marked(struct test_stack *s, long conv, const char *marker,
                                int private_note);
 
-/* Scratch printf into a static buffer (tests' SQL). */
-const char *test_stack_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 #endif
