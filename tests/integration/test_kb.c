@@ -20,8 +20,9 @@
 #include "kb_search.h"
 #include "kb_store.h"
 #include "llm.h"
-#include "migrate.h"
 #include "pg.h"
+#include "test_pg.h"
+#include "xalloc.h"
 
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -42,44 +43,6 @@ static char tmpdir[256];
 
 /* ---- setup --------------------------------------------------------------------------- */
 
-static const char *base_url(void)
-{
-    const char *u = getenv("TIERONE_TEST_DATABASE_URL");
-    cr_assert(u && *u, "TIERONE_TEST_DATABASE_URL is not set (run through scripts/test.sh)");
-    return u;
-}
-
-/* The URL with its database name replaced. */
-static char *url_with_db(const char *url, const char *name)
-{
-    const char *q = strchr(url, '?');
-    size_t end = q ? (size_t)(q - url) : strlen(url);
-    size_t slash = end;
-    while (slash > 0 && url[slash - 1] != '/')
-        slash--;
-    cr_assert(slash > 0, "cannot find the database name in %s", url);
-    char *out = NULL;
-    cr_assert(asprintf(&out, "%.*s%s%s", (int)slash, url, name, q ? q : "") > 0);
-    return out;
-}
-
-static void quiet_notice(void *arg, const char *message)
-{
-    (void)arg;
-    (void)message;
-}
-
-static void admin_exec(const char *sql)
-{
-    PGconn *c = PQconnectdb(base_url());
-    cr_assert(PQstatus(c) == CONNECTION_OK, "connect: %s", PQerrorMessage(c));
-    PQsetNoticeProcessor(c, quiet_notice, NULL);
-    PGresult *r = PQexec(c, sql);
-    cr_assert(PQresultStatus(r) == PGRES_COMMAND_OK, "%s: %s", sql, PQerrorMessage(c));
-    PQclear(r);
-    PQfinish(c);
-}
-
 static void on_pool_closed(void *arg)
 {
     *(int *)arg = 1;
@@ -95,22 +58,11 @@ static void setup(void)
 {
     static int seq;
     snprintf(dbname, sizeof dbname, "tierone_kb_test_%d_%d", (int)getpid(), seq++);
-    char sql[128];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", dbname);
-    admin_exec(sql);
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", dbname);
-    admin_exec(sql);
-    scratch_url = url_with_db(base_url(), dbname);
+    scratch_url = xstrdup(test_pg_fresh(dbname));
     const char *src = getenv("TIERONE_SOURCE_DIR");
     cr_assert(src, "TIERONE_SOURCE_DIR is not set (run through ctest)");
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/migrations", src);
-    struct migration_list applied = {0};
+    db = test_pg_connect(scratch_url);
     char *err = NULL;
-    cr_assert(migrate_apply(scratch_url, dir, &applied, &err) == 0, "migrate: %s", err);
-    migration_list_free(&applied);
-    db = PQconnectdb(scratch_url);
-    cr_assert(PQstatus(db) == CONNECTION_OK);
     cr_assert(uv_loop_init(&loop) == 0);
     struct pg_pool_opts o = {.conninfo = scratch_url, .size = 4};
     pool = pg_pool_new(&loop, &o, &err);
@@ -134,9 +86,7 @@ static void teardown(void)
     cr_expect(uv_loop_close(&loop) == 0, "loop has open handles");
     PQfinish(db);
     db = NULL;
-    char sql[160];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
-    admin_exec(sql);
+    test_pg_drop(dbname);
     free(scratch_url);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -7,6 +7,7 @@
  * rolled back, the error names file and line), concurrent migrators (each migration once),
  * and the `tierone` binary itself ($TIERONE_BIN_DIR/tierone). */
 #include "migrate.h"
+#include "test_pg.h"
 
 #include <criterion/criterion.h>
 #include <libpq-fe.h>
@@ -21,9 +22,8 @@
 
 extern char **environ;
 
-static PGconn *admin;
 static char dbname[64];
-static char *scratch; /* conninfo of the scratch database */
+static char *scratch; /* URL of the scratch database */
 static char tmpdir[] = "/tmp/tierone-migtest.XXXXXX";
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -38,42 +38,12 @@ static const char *env_or_fail(const char *name)
     return v;
 }
 
-/* The test URL's settings as "key='value' ..." with dbname replaced by db. */
-static char *conninfo_with_db(const char *url, const char *db)
-{
-    char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &perr);
-    cr_assert_not_null(opts, "bad TIERONE_TEST_DATABASE_URL: %s", perr);
-    char *out = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&out, &len);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? db : o->val;
-        if (!v)
-            continue;
-        fprintf(f, "%s='", o->keyword);
-        for (const char *p = v; *p; p++)
-            fprintf(f, "%s%c", (*p == '\'' || *p == '\\') ? "\\" : "", *p);
-        fprintf(f, "' ");
-    }
-    fclose(f);
-    PQconninfoFree(opts);
-    return out;
-}
-
 static PGconn *db_connect(const char *conninfo)
 {
     PGconn *c = PQconnectdb(conninfo);
     cr_assert_eq(PQstatus(c), CONNECTION_OK, "connect: %s", PQerrorMessage(c));
     PQclear(PQexec(c, "SET client_min_messages = warning"));
     return c;
-}
-
-static void db_exec(PGconn *c, const char *sql)
-{
-    PGresult *r = PQexec(c, sql);
-    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
 }
 
 /* First value of sql in the scratch database (new string; NULL for SQL NULL). */
@@ -130,24 +100,14 @@ static void use_fixture(const char *fixture)
 
 static void setup(void)
 {
-    const char *url = env_or_fail("TIERONE_TEST_DATABASE_URL");
-    admin = db_connect(url);
     snprintf(dbname, sizeof dbname, "tierone_migtest_%d", (int)getpid());
-    char sql[256];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", dbname);
-    db_exec(admin, sql);
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", dbname);
-    db_exec(admin, sql);
-    scratch = conninfo_with_db(url, dbname);
+    scratch = strdup(test_pg_create(dbname)); /* empty: the tests migrate it */
     cr_assert_not_null(mkdtemp(tmpdir));
 }
 
 static void teardown(void)
 {
-    char sql[256];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
-    db_exec(admin, sql);
-    PQfinish(admin);
+    test_pg_drop(dbname);
     free(scratch);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -41,11 +41,26 @@ char *test_pg_value(PGconn *c, const char *sql)
     return v;
 }
 
-const char *test_pg_fresh(const char *name)
+static const char *test_pg_server(void)
 {
-    static char url[1024];
     const char *base = getenv("TIERONE_TEST_DATABASE_URL");
     cr_assert(base && *base, "TIERONE_TEST_DATABASE_URL is not set (run through scripts/test.sh)");
+    return base;
+}
+
+void test_pg_drop(const char *name)
+{
+    PGconn *admin = test_pg_connect(test_pg_server());
+    char sql[256];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", name);
+    test_pg_exec(admin, sql);
+    PQfinish(admin);
+}
+
+const char *test_pg_create(const char *name)
+{
+    static char url[1024];
+    const char *base = test_pg_server();
     /* The URL with its database name replaced. */
     const char *q = strchr(base, '?');
     size_t end = q ? (size_t)(q - base) : strlen(base);
@@ -54,15 +69,18 @@ const char *test_pg_fresh(const char *name)
         slash--;
     cr_assert(slash > 0, "cannot find the database name in %s", base);
     snprintf(url, sizeof url, "%.*s%s%s", (int)slash, base, name, q ? q : "");
-
+    test_pg_drop(name);
     PGconn *admin = test_pg_connect(base);
     char sql[256];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", name);
-    test_pg_exec(admin, sql);
     snprintf(sql, sizeof sql, "CREATE DATABASE \"%s\"", name);
     test_pg_exec(admin, sql);
     PQfinish(admin);
+    return url;
+}
 
+const char *test_pg_fresh(const char *name)
+{
+    const char *url = test_pg_create(name);
     const char *src = getenv("TIERONE_SOURCE_DIR");
     char dir[1024];
     if (src && *src)

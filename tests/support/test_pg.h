@@ -1,9 +1,18 @@
-/* test_pg: a fresh PostgreSQL database per test file, migrated with the project's own
- * migrations (lib/migrate.h), on the server of TIERONE_TEST_DATABASE_URL. */
+/* test_pg: scratch PostgreSQL databases for tests, on the server of
+ * TIERONE_TEST_DATABASE_URL: empty, or migrated with the project's own migrations
+ * (lib/migrate.h). */
 #ifndef TIERONE_TEST_PG_H
 #define TIERONE_TEST_PG_H
 
 #include <libpq-fe.h>
+
+/* Drop and create the empty database `name` on the test server and return its URL (static
+ * buffer, valid until the next call). Aborts the test with a clear message when the server
+ * is not configured or a step fails. */
+const char *test_pg_create(const char *name);
+
+/* Drop database `name` (closing its connections) if it exists. */
+void test_pg_drop(const char *name);
 
 /* Drop and create database `name` on the test server, apply every migration in
  * migrations/ (TIERONE_SOURCE_DIR or the source tree), and return its URL (static buffer,
