@@ -277,6 +277,9 @@ static void fake_serialize(struct fake_pending *p, struct fake_http_response *re
 
 static void fake_record(struct fake_http *f, struct fake_http_request *req)
 {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    req->at_ns = (unsigned long long)now.tv_sec * 1000000000ull + (unsigned long long)now.tv_nsec;
     pthread_mutex_lock(&f->mu);
     req->seq = f->count++;
     if (!f->opts.no_record) {

@@ -42,8 +42,9 @@ struct fake_http_request {
     size_t nheaders;
     char *body; /* NUL-terminated (never NULL) */
     size_t body_len;
-    unsigned conn_id; /* 1-based number of the connection it came on */
-    size_t seq;       /* 0-based arrival order over the whole server */
+    unsigned conn_id;         /* 1-based number of the connection it came on */
+    size_t seq;               /* 0-based arrival order over the whole server */
+    unsigned long long at_ns; /* CLOCK_MONOTONIC when it was fully read (for latencies) */
 };
 
 enum fake_http_action {

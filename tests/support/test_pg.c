@@ -2,8 +2,8 @@
 #include "test_pg.h"
 
 #include "migrate.h"
+#include "test_check.h"
 
-#include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +17,7 @@ static void test_pg_quiet(void *arg, const char *message)
 PGconn *test_pg_connect(const char *url)
 {
     PGconn *c = PQconnectdb(url);
-    cr_assert(PQstatus(c) == CONNECTION_OK, "connect to %s: %s", url, PQerrorMessage(c));
+    test_check(PQstatus(c) == CONNECTION_OK, "connect to %s: %s", url, PQerrorMessage(c));
     PQsetNoticeProcessor(c, test_pg_quiet, NULL);
     return c;
 }
@@ -26,14 +26,14 @@ void test_pg_exec(PGconn *c, const char *sql)
 {
     PGresult *r = PQexec(c, sql);
     ExecStatusType st = PQresultStatus(r);
-    cr_assert(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
+    test_check(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
     PQclear(r);
 }
 
 char *test_pg_value(PGconn *c, const char *sql)
 {
     PGresult *r = PQexec(c, sql);
-    cr_assert(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
+    test_check(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
     char *v = NULL;
     if (PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
         v = strdup(PQgetvalue(r, 0, 0));
@@ -44,7 +44,7 @@ char *test_pg_value(PGconn *c, const char *sql)
 static const char *test_pg_server(void)
 {
     const char *base = getenv("TIERONE_TEST_DATABASE_URL");
-    cr_assert(base && *base, "TIERONE_TEST_DATABASE_URL is not set (run through scripts/test.sh)");
+    test_check(base && *base, "TIERONE_TEST_DATABASE_URL is not set (run through scripts/test.sh)");
     return base;
 }
 
@@ -67,7 +67,7 @@ const char *test_pg_create(const char *name)
     size_t slash = end;
     while (slash > 0 && base[slash - 1] != '/')
         slash--;
-    cr_assert(slash > 0, "cannot find the database name in %s", base);
+    test_check(slash > 0, "cannot find the database name in %s", base);
     snprintf(url, sizeof url, "%.*s%s%s", (int)slash, base, name, q ? q : "");
     test_pg_drop(name);
     PGconn *admin = test_pg_connect(base);
@@ -90,7 +90,7 @@ const char *test_pg_fresh(const char *name)
     char *err = NULL;
     struct migration_list applied;
     int rc = migrate_apply(url, dir, &applied, &err);
-    cr_assert(rc == 0, "migrate %s: %s", dir, err ? err : "?");
+    test_check(rc == 0, "migrate %s: %s", dir, err ? err : "?");
     migration_list_free(&applied);
     free(err);
     return url;

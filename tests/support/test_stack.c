@@ -7,9 +7,10 @@
 #include "fake_slack.h"
 #include "test_pg.h"
 #include "test_redis.h"
+#include "test_check.h"
 
-#include <criterion/criterion.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
@@ -42,14 +43,14 @@ static void stack_nap(void)
 static const char *stack_bindir(void)
 {
     const char *d = getenv("TIERONE_BIN_DIR");
-    cr_assert(d && *d, "TIERONE_BIN_DIR is not set (run through ctest)");
+    test_check(d && *d, "TIERONE_BIN_DIR is not set (run through ctest)");
     return d;
 }
 
 static const char *stack_srcdir(void)
 {
     const char *d = getenv("TIERONE_SOURCE_DIR");
-    cr_assert(d && *d, "TIERONE_SOURCE_DIR is not set (run through ctest)");
+    test_check(d && *d, "TIERONE_SOURCE_DIR is not set (run through ctest)");
     return d;
 }
 
@@ -57,11 +58,11 @@ static void stack_env(struct test_stack *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void stack_env(struct test_stack *s, const char *fmt, ...)
 {
-    cr_assert(s->nenv < TEST_STACK_MAX_ENV - 1, "too many worker settings");
+    test_check(s->nenv < TEST_STACK_MAX_ENV - 1, "too many worker settings");
     va_list ap;
     va_start(ap, fmt);
     char *e = NULL;
-    cr_assert(vasprintf(&e, fmt, ap) > 0);
+    test_check(vasprintf(&e, fmt, ap) > 0, "out of memory");
     va_end(ap);
     s->env[s->nenv++] = e;
 }
@@ -71,7 +72,7 @@ static pid_t stack_spawn(struct test_stack *s, const char *bin, const char *cons
                          const char *log, int with_worker_env, const char *const *extra)
 {
     pid_t pid = fork();
-    cr_assert_geq(pid, 0);
+    test_check(pid >= 0, "fork: %s", strerror(errno));
     if (pid == 0) {
         setenv("TIERONE_REDIS_URL", s->redis_url, 1);
         setenv("TIERONE_DATABASE_URL", s->db_url, 1);
@@ -114,10 +115,10 @@ static void stack_kb_ingest(struct test_stack *s, const char *dir)
     const char *argv[] = {bin, "kb", "ingest", dir, NULL};
     pid_t pid = stack_spawn(s, bin, argv, log, 0, NULL);
     int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    test_check(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
     char *out = stack_slurp(log);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "tierone kb ingest %s failed:\n%s",
-              dir, out);
+    test_check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "tierone kb ingest %s failed:\n%s",
+               dir, out);
     free(out);
 }
 
@@ -127,7 +128,8 @@ void test_stack_start_worker(struct test_stack *s)
     snprintf(bin, sizeof bin, "%s/tierone-worker", stack_bindir());
     snprintf(log, sizeof log, "%s/worker.log", s->dir);
     const char *argv[] = {bin, NULL};
-    s->worker = stack_spawn(s, bin, argv, log, 1, NULL);
+    const char *const *use = s->worker_argv ? s->worker_argv : argv;
+    s->worker = stack_spawn(s, use[0], use, log, 1, NULL);
     s->workers_started++;
 }
 
@@ -165,11 +167,12 @@ static void stack_start_shim(struct test_stack *s)
             s->shim_port = atoi(at + strlen(key));
         free(text);
         int status;
-        cr_assert_neq(waitpid(s->shim, &status, WNOHANG), s->shim, "tierone-ingest exited");
+        test_check(waitpid(s->shim, &status, WNOHANG) != s->shim, "tierone-ingest exited (log %s)",
+                   log);
         if (!s->shim_port)
             stack_nap();
     }
-    cr_assert(s->shim_port > 0, "tierone-ingest did not start (log %s)", log);
+    test_check(s->shim_port > 0, "tierone-ingest did not start (log %s)", log);
 }
 
 void test_stack_start(struct test_stack *s, const struct test_stack_opts *o)
@@ -177,7 +180,7 @@ void test_stack_start(struct test_stack *s, const struct test_stack_opts *o)
     memset(s, 0, sizeof *s);
     signal(SIGPIPE, SIG_IGN);
     snprintf(s->dir, sizeof s->dir, "/tmp/tierone-stack.XXXXXX");
-    cr_assert_not_null(mkdtemp(s->dir));
+    test_check(mkdtemp(s->dir) != NULL, "mkdtemp: %s", strerror(errno));
     snprintf(s->redis_url, sizeof s->redis_url, "%s", test_redis_url(o->redis_db));
     stack_redis = test_redis_connect(o->redis_db); /* flushed */
     snprintf(s->db_url, sizeof s->db_url, "%s", test_pg_fresh(o->pg_name));
@@ -191,7 +194,7 @@ void test_stack_start(struct test_stack *s, const struct test_stack_opts *o)
     s->cw = fake_chatwoot_start(NULL);
     s->slack = fake_slack_start(NULL);
     s->linear = fake_linear_start(NULL);
-    cr_assert(s->cw && s->slack && s->linear, "cannot start the fake services");
+    test_check(s->cw && s->slack && s->linear, "cannot start the fake services");
     stack_env(s, "CHATWOOT_BASE_URL=%s", fake_chatwoot_url(s->cw));
     stack_env(s, "CHATWOOT_BOT_TOKEN=bot-token");
     stack_env(s, "CHATWOOT_USER_TOKEN=user-token");
@@ -201,7 +204,7 @@ void test_stack_start(struct test_stack *s, const struct test_stack_opts *o)
     stack_env(s, "LINEAR_TEAM_ID=team-fake");
     if (o->llm) {
         s->llm = fake_llm_start(NULL);
-        cr_assert_not_null(s->llm);
+        test_check(s->llm != NULL, "cannot start the fake LLM");
         stack_env(s, "LLM_BASE_URL=%s", fake_llm_url(s->llm));
         stack_env(s, "LLM_MODEL=gpt-test");
     }
@@ -217,6 +220,7 @@ void test_stack_start(struct test_stack *s, const struct test_stack_opts *o)
     stack_env(s, "TIERONE_LINEAR_RATE=0");
     for (size_t i = 0; o->env && o->env[i]; i++)
         stack_env(s, "%s", o->env[i]);
+    s->worker_argv = o->worker_argv;
     stack_start_shim(s);
     test_stack_start_worker(s);
 }
@@ -265,7 +269,7 @@ int test_stack_post(struct test_stack *s, const char *path, const char *delivery
     snprintf(ts, sizeof ts, "%lld", (long long)time(NULL));
     /* X-Chatwoot-Signature: HMAC-SHA256(secret, "<timestamp>.<body>") in hex (APIS.md §1.3) */
     char *signed_text = NULL;
-    cr_assert(asprintf(&signed_text, "%s.%s", ts, body) > 0);
+    test_check(asprintf(&signed_text, "%s.%s", ts, body) > 0, "out of memory");
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned maclen = 0;
     HMAC(EVP_sha256(), TEST_STACK_SECRET, (int)strlen(TEST_STACK_SECRET),
@@ -312,7 +316,7 @@ char *test_stack_message(long conv, long msg, const char *status, const char *me
             json_pack("{s:i, s:s, s:s}", "id", 7, "name",
                       !strcmp(sender_type, "user") ? "Gail Agent" : "tierone", "type", sender_type);
     json_t *attrs = content_attributes ? json_loads(content_attributes, 0, NULL) : json_object();
-    cr_assert_not_null(attrs, "bad content_attributes %s", content_attributes);
+    test_check(attrs != NULL, "bad content_attributes %s", content_attributes);
     json_t *body = json_pack(
         "{s:s, s:i, s:s, s:s, s:o, s:s, s:b, s:n, s:s, s:o,"
         " s:{s:i, s:i, s:s, s:s, s:[], s:{}, s:{}, s:{s:n, s:n}, s:[], s:{s:i, s:s}},"
@@ -324,7 +328,7 @@ char *test_stack_message(long conv, long msg, const char *status, const char *me
         "custom_attributes", "additional_attributes", "meta", "assignee", "assignee_type",
         "messages", "account", "id", 1, "name", "Acme", "account", "id", 1, "name", "Acme", "inbox",
         "id", 1, "name", "Website");
-    cr_assert_not_null(body);
+    test_check(body != NULL, "json_pack of the message failed");
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     return text;
@@ -355,7 +359,7 @@ void test_stack_conversation(struct test_stack *s, long conv, const char *status
 static long long stack_redis_int(const char *fmt, const char *arg)
 {
     redisReply *r = redisCommand(stack_redis, fmt, arg);
-    cr_assert(r && r->type == REDIS_REPLY_INTEGER, "redis %s %s failed", fmt, arg);
+    test_check(r && r->type == REDIS_REPLY_INTEGER, "redis %s %s failed", fmt, arg);
     long long v = r->integer;
     freeReplyObject(r);
     return v;

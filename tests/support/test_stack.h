@@ -4,7 +4,7 @@
  * binaries ($TIERONE_BIN_DIR) as child processes, configured against all of it.
  *
  * The account is 1 and every conversation is in inbox 1 unless a test says otherwise.
- * Functions abort the test (Criterion) when the stack cannot be built. */
+ * Functions fail the test (test_check.h) when the stack cannot be built. */
 #ifndef TIERONE_TEST_STACK_H
 #define TIERONE_TEST_STACK_H
 
@@ -28,6 +28,10 @@ struct test_stack_opts {
     int shadow;             /* TIERONE_SHADOW */
     const char *kb_dir;     /* ingested as knowledge base "default"; NULL: tests/fixtures/kb */
     const char *const *env; /* extra "KEY=VALUE" for the worker (NULL-terminated), or NULL */
+    /* The worker's command line (NULL-terminated, argv[0] a path) in place of
+     * $TIERONE_BIN_DIR/tierone-worker, e.g. Ruby Sidekiq in the pipeline benchmark; it gets
+     * the same environment. NULL: tierone-worker. */
+    const char *const *worker_argv;
 };
 
 struct test_stack {
@@ -41,7 +45,8 @@ struct test_stack {
     pid_t shim, worker;
     int shim_port;
     int workers_started;
-    char *env[TEST_STACK_MAX_ENV]; /* the worker's environment additions */
+    char *env[TEST_STACK_MAX_ENV];  /* the worker's environment additions */
+    const char *const *worker_argv; /* opts.worker_argv */
     size_t nenv;
     PGconn *pg; /* a blocking connection for assertions */
 };
