@@ -288,6 +288,7 @@ struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct pg_pool_opts *opts, ch
     p->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 5000;
     p->query_timeout_ms = opts->query_timeout_ms;
     p->wait_timeout_ms = opts->wait_timeout_ms ? opts->wait_timeout_ms : 10000;
+    p->prepare = !opts->no_prepare;
     if (pg_pool_params(p, opts, err) != 0) {
         pg_pool_free(p);
         return NULL;

@@ -1,7 +1,7 @@
 /* pg_conn: one connection of the pool: connect (PQconnectStart/PQconnectPoll), send
- * (PQsendQueryParams, PQflush), read (PQconsumeInput, PQisBusy, PQgetResult) with a
- * uv_poll_t on libpq's socket, reconnect backoff and timeouts. See pg_internal.h for the
- * states.
+ * (PQsendQueryParams, or PQsendPrepare once and PQsendQueryPrepared after; PQflush), read
+ * (PQconsumeInput, PQisBusy, PQgetResult) with a uv_poll_t on libpq's socket, reconnect
+ * backoff and timeouts. See pg_internal.h for the states.
  *
  * libpq may replace its socket while connecting (another host, SSL fallback), possibly
  * under the same fd number, so every connect step watches the socket with a fresh
@@ -94,9 +94,20 @@ static void pg_conn_enter(struct pg_conn *c, enum pg_conn_state to)
     c->state = to;
 }
 
+/* Forget the session's prepared statements (a new connection has none). */
+static void pg_conn_forget_stmts(struct pg_conn *c)
+{
+    for (unsigned i = 0; i < c->nstmts; i++)
+        free(c->stmts[i].sql);
+    c->nstmts = c->next_no = 0;
+    c->preparing = 0;
+    c->cur_stmt = -1;
+}
+
 /* Forget the libpq connection (its socket unwatched first). */
 static void pg_conn_close_pg(struct pg_conn *c)
 {
+    pg_conn_forget_stmts(c);
     pg_conn_unwatch(c);
     if (c->res) {
         PQclear(c->res);
@@ -262,13 +273,54 @@ static void pg_conn_flush(struct pg_conn *c)
     pg_conn_watch(c, rc ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
+static uint64_t pg_stmt_hash(const char *sql)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (const unsigned char *q = (const unsigned char *)sql; *q; q++)
+        h = (h ^ *q) * 1099511628211ull;
+    return h;
+}
+
+/* The cache index of sql on c, or -1. */
+static int pg_stmt_find(const struct pg_conn *c, const char *sql, uint64_t hash)
+{
+    for (unsigned i = 0; i < c->nstmts; i++)
+        if (c->stmts[i].hash == hash && !strcmp(c->stmts[i].sql, sql))
+            return (int)i;
+    return -1;
+}
+
+/* Send what req needs next on c: its Execute (prepared statement i), its Parse (a new
+ * statement: the Execute follows its result), or the statement unnamed. Returns libpq's
+ * verdict (1 sent, 0 refused). */
+static int pg_conn_send_step(struct pg_conn *c, struct pg_req *req)
+{
+    const char *const *params = (const char *const *)req->params;
+    char name[32];
+    c->cur_stmt = -1;
+    if (!c->pool->prepare || req->nparams == 0)
+        return PQsendQueryParams(c->pg, req->sql, req->nparams, NULL, params, NULL, NULL, 0);
+    uint64_t hash = pg_stmt_hash(req->sql);
+    int i = pg_stmt_find(c, req->sql, hash);
+    if (i >= 0) {
+        c->cur_stmt = i;
+        snprintf(name, sizeof name, "tierone_%u", c->stmts[i].no);
+        return PQsendQueryPrepared(c->pg, name, req->nparams, params, NULL, NULL, 0);
+    }
+    if (c->nstmts == PG_STMT_CACHE)
+        return PQsendQueryParams(c->pg, req->sql, req->nparams, NULL, params, NULL, NULL, 0);
+    snprintf(name, sizeof name, "tierone_%u", c->next_no);
+    c->preparing = 1;
+    return PQsendPrepare(c->pg, name, req->sql, req->nparams, NULL);
+}
+
 /* Send req on the free (or held) UP slot c. Failures complete req later. */
 void pg_conn_send(struct pg_conn *c, struct pg_req *req)
 {
     struct pg_pool *p = c->pool;
     c->cur = req;
-    if (!PQsendQueryParams(c->pg, req->sql, req->nparams, NULL, (const char *const *)req->params,
-                           NULL, NULL, 0)) {
+    if (!pg_conn_send_step(c, req)) {
+        c->preparing = 0;
         if (PQstatus(c->pg) == CONNECTION_BAD) {
             pg_conn_lost(c, PG_ERR_CONNECTION, NULL, PQerrorMessage(c->pg));
             return;
@@ -323,12 +375,44 @@ static void pg_conn_finish(struct pg_conn *c)
     struct pg_pool *p = c->pool;
     struct pg_req *req = c->cur;
     PGresult *res = c->res;
+    int stale = 0; /* req ran as a cache entry the server no longer has as it was */
+    if (c->preparing) {
+        c->preparing = 0;
+        if (res && PQresultStatus(res) == PGRES_COMMAND_OK) { /* prepared: now run it */
+            c->stmts[c->nstmts].hash = pg_stmt_hash(req->sql);
+            c->stmts[c->nstmts].sql = xstrdup(req->sql);
+            c->stmts[c->nstmts].no = c->next_no++;
+            c->nstmts++;
+            c->res = NULL;
+            PQclear(res);
+            uv_timer_stop(&c->timer);
+            pg_conn_send(c, req);
+            if (!p->closing && c->state == PC_UP && !c->held && !c->cur)
+                pg_pool_dispatch(p); /* the Execute was refused: the slot is free again */
+            return;
+        }
+        /* The Parse failed (a syntax error, say): that is the statement's result. */
+    } else if (c->cur_stmt >= 0 && res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+        /* 0A000 "cached plan must not change result type" (a table changed under the
+         * session) or 26000 "prepared statement does not exist" (DEALLOCATE/DISCARD ran on
+         * the session): the error goes to the caller, retryable, and the next run prepares
+         * the statement anew (under a new name: the old one may still exist). */
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state && (!strcmp(state, "0A000") || !strcmp(state, "26000"))) {
+            free(c->stmts[c->cur_stmt].sql);
+            c->stmts[c->cur_stmt] = c->stmts[--c->nstmts];
+            stale = 1;
+        }
+    }
+    c->cur_stmt = -1;
     c->cur = NULL;
     c->res = NULL;
     uv_timer_stop(&c->timer);
     char *msg = NULL;
     struct pg_result r;
     pg_result_from_pq(&r, res, c->pg, &msg);
+    if (stale)
+        r.retryable = 1; /* the next run re-prepares it: a retry succeeds */
     if (req->kind == PQ_RESET) {
         if (r.err != PG_OK)
             pg_conn_lost(c, PG_ERR_CONNECTION, NULL, "ROLLBACK failed");
@@ -481,6 +565,7 @@ void pg_conn_init(struct pg_conn *c, struct pg_pool *p, int index)
     c->pool = p;
     c->index = index;
     c->state = PC_DOWN;
+    c->cur_stmt = -1;
     uv_timer_init(p->loop, &c->timer);
     c->timer.data = c;
     p->handles_open++;

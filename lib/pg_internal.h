@@ -60,6 +60,16 @@ struct pg_poll {
     struct pg_conn *conn;
 };
 
+/* A statement prepared on one connection, named "tierone_<no>". */
+struct pg_stmt {
+    uint64_t hash; /* FNV-1a of sql */
+    char *sql;
+    unsigned no;
+};
+
+/* Statements one connection prepares at most; later new ones run unnamed. */
+#define PG_STMT_CACHE 128
+
 struct pg_conn {
     struct pg_pool *pool;
     int index;
@@ -72,12 +82,19 @@ struct pg_conn {
     struct pg_req *cur; /* the statement on the wire */
     PGresult *res;      /* its result so far */
     int held;           /* acquired by a caller (also while the grant is on its way) */
+    /* Prepared statements of this session (lost with the connection). While `preparing`,
+     * the Parse of cur's statement is on the wire; cur's Execute follows its result. */
+    struct pg_stmt stmts[PG_STMT_CACHE];
+    unsigned nstmts, next_no;
+    int preparing;
+    int cur_stmt; /* the cache entry cur runs as, or -1 */
 };
 
 struct pg_pool {
     uv_loop_t *loop;
     char **kw, **vals; /* connect parameters for PQconnectStartParams, NULL-terminated */
     unsigned size, max_waiters;
+    int prepare; /* prepare statements with parameters once per connection */
     uint32_t connect_timeout_ms, query_timeout_ms, wait_timeout_ms;
     struct pg_conn *conns;
     struct pg_req_list queue;      /* waiting for a connection, oldest first */

@@ -1092,6 +1092,7 @@ int contact_sync_start(struct pipeline *p, char *err, size_t errcap)
             .size = CS_SOURCE_POOL,
             .query_timeout_ms = 300000,
             .application_name = "tierone-contact-sync",
+            .no_prepare = !cfg->database_prepare,
         };
         char *why = NULL;
         s->own = pg_pool_new(p->w->loop, &po, &why);

@@ -58,6 +58,7 @@ struct rate_limit;
 struct pipeline_settings {
     char *database_url;       /* TIERONE_DATABASE_URL; NULL: the pipeline is off */
     long long database_pool;  /* connections */
+    int database_prepare;     /* TIERONE_DATABASE_PREPARE: prepare statements per connection */
     char *chatwoot_base_url;  /* CHATWOOT_BASE_URL */
     char *chatwoot_bot_token; /* CHATWOOT_BOT_TOKEN */
     char *chatwoot_user_token;

@@ -175,6 +175,13 @@ static const struct config_def worker_defs[] = {
      .bounded = true,
      .help = "PostgreSQL connections of this process",
      .offset = P(database_pool)},
+    {.key = "database_prepare",
+     .env = "TIERONE_DATABASE_PREPARE",
+     .type = CONFIG_BOOL,
+     .def = "1",
+     .help = "prepare statements once per connection; turn off behind PgBouncer < 1.21 in "
+             "transaction pooling mode",
+     .offset = P(database_prepare)},
     {.key = "chatwoot_base_url",
      .env = "CHATWOOT_BASE_URL",
      .type = CONFIG_STRING,

@@ -62,6 +62,7 @@ static void h_init(struct h *h, const struct h_opts *o)
     h->rc = test_redis_connect(DB);
     const char *url = test_pg_fresh(PG_NAME);
     h->pcfg.database_url = xstrdup(url);
+    h->pcfg.database_prepare = 1; /* the default of TIERONE_DATABASE_PREPARE */
     h->pg = test_pg_connect(url);
     h->cw = fake_chatwoot_start(NULL);
     h->slack = fake_slack_start(NULL);

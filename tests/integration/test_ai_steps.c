@@ -114,6 +114,7 @@ static void h_init_with(struct harness *h, int with_llm, int with_chatwoot)
     h->cfg.tag = xstrdup("test-ai");
 
     h->ps.database_url = h->db_url;
+    h->ps.database_prepare = 1; /* the default of TIERONE_DATABASE_PREPARE */
     h->ps.database_pool = 4;
     h->ps.shadow = 1;
     h->ps.ai_retries = 3;

@@ -51,6 +51,7 @@ static void h_start(struct harness *h)
     h->rc = test_redis_connect(DB);
     h->ps.database_url = xstrdup(test_pg_fresh("tierone_test_router"));
     h->pg = test_pg_connect(h->ps.database_url);
+    h->ps.database_prepare = 1; /* the default of TIERONE_DATABASE_PREPARE */
     snprintf(h->inbox_path, sizeof h->inbox_path, "/tmp/tierone_test_router_%d.json",
              (int)getpid());
     FILE *f = fopen(h->inbox_path, "w");

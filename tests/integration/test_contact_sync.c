@@ -75,6 +75,7 @@ static void side_init(struct harness *h, struct side *s, const struct options *o
     c->tag = xstrdup("test");
     struct pipeline_settings *p = &s->pcfg;
     p->database_url = h->db_url;
+    p->database_prepare = 1; /* the default of TIERONE_DATABASE_PREPARE */
     p->database_pool = 4;
     p->chatwoot_base_url = (char *)fake_chatwoot_url(h->cw);
     p->chatwoot_bot_token = "bot-token";

@@ -8,6 +8,7 @@
  * whole server is in test_pg_restart.c. */
 #include "clock.h"
 #include "pg.h"
+#include "pg_internal.h" /* PG_STMT_CACHE */
 
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -743,4 +744,312 @@ Test(pg, close_from_a_callback)
     for (int i = 0; i < 3; i++)
         qres_clear(&r[i]);
     qres_clear(&cl.r);
+}
+
+/* ---- prepared statements ------------------------------------------------------------------
+ * A statement with parameters is prepared once per connection ("tierone_<n>") and executed
+ * by name after; what the session holds is read back from pg_prepared_statements with
+ * statements without parameters (those always run unnamed, so they never show there).
+ * Pools of one connection: pg_query runs every statement on the same session. */
+
+#define PREPARED_COUNT "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'tierone\\_%'"
+
+/* Acquire a connection of p and wait for it. */
+static struct pg_conn *conn_acquire(struct pg_pool *p)
+{
+    struct held h;
+    memset(&h, 0, sizeof h);
+    cr_assert_eq(pg_pool_acquire(p, on_held_acquire, &h), 0);
+    run_until(&h.acquired);
+    return h.conn;
+}
+
+/* Run sql on the acquired connection c and wait for its result (caller clears it). */
+static void cq(struct pg_conn *c, struct qres *out, const char *sql, int n,
+               const char *const *params)
+{
+    memset(out, 0, sizeof *out);
+    cr_assert_eq(pg_conn_query(c, sql, n, params, on_result, out), 0);
+    run_until(&out->done);
+    cr_assert_eq(out->err, PG_OK, "%s: %s", sql, out->msg);
+}
+
+/* The one-value result of a parameterless query on p, as a number. */
+static long long value_of(struct pg_pool *p, const char *sql)
+{
+    struct qres r;
+    q_ok(p, &r, sql, 0, NULL);
+    cr_assert_eq(r.nrows, 1, "%s", sql);
+    cr_assert_not_null(r.v[0][0], "%s", sql);
+    long long v = atoll(r.v[0][0]);
+    qres_clear(&r);
+    return v;
+}
+
+static char *backend_pid(struct pg_pool *p)
+{
+    struct qres r;
+    q_ok(p, &r, "SELECT pg_backend_pid()", 0, NULL);
+    char *pid = strdup(r.v[0][0]);
+    qres_clear(&r);
+    return pid;
+}
+
+#define DOUBLE_SQL "SELECT $1::int * 2 AS twice, $2::text AS tag"
+
+Test(pg, a_statement_with_parameters_is_prepared_once_per_connection)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    struct pg_conn *c = conn_acquire(p);
+    struct qres r;
+    char n[16], tag[16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(n, sizeof n, "%d", i * 7);
+        snprintf(tag, sizeof tag, "run %d", i);
+        const char *params[] = {n, tag};
+        cq(c, &r, DOUBLE_SQL, 2, params);
+        cr_assert_eq(r.nrows, 1);
+        char want[16];
+        snprintf(want, sizeof want, "%d", i * 14);
+        cr_expect_str_eq(r.v[0][0], want, "run %d", i);
+        cr_expect_str_eq(r.v[0][1], tag);
+        qres_clear(&r);
+        cq(c, &r, "SELECT 1", 0, NULL); /* no parameters: never prepared */
+        qres_clear(&r);
+    }
+    /* One prepared statement, with this SQL text, executed five times (each execution
+     * makes one plan, custom or generic). */
+    cq(c, &r,
+       "SELECT name, statement, generic_plans + custom_plans, parameter_types::text "
+       "FROM pg_prepared_statements ORDER BY name",
+       0, NULL);
+    cr_assert_eq(r.nrows, 1, "prepared: %d statements", r.nrows);
+    cr_expect(strncmp(r.v[0][0], "tierone_", 8) == 0, "%s", r.v[0][0]);
+    cr_expect_str_eq(r.v[0][1], DOUBLE_SQL);
+    cr_expect_str_eq(r.v[0][2], "5");
+    cr_expect_str_eq(r.v[0][3], "{integer,text}");
+    qres_clear(&r);
+    pg_conn_release(c);
+
+    /* pg_query on the same session uses the same entry; a second text gets its own. */
+    const char *params[] = {"21", "x"};
+    q_ok(p, &r, DOUBLE_SQL, 2, params);
+    cr_expect_str_eq(r.v[0][0], "42");
+    qres_clear(&r);
+    const char *one[] = {"abc"};
+    q_ok(p, &r, "SELECT length($1)", 1, one);
+    cr_expect_str_eq(r.v[0][0], "3");
+    qres_clear(&r);
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 2);
+    cr_expect_eq(value_of(p, "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
+                             "WHERE statement = '" DOUBLE_SQL "'"),
+                 6);
+    pool_close_wait(p);
+}
+
+Test(pg, a_statement_prepared_in_a_rolled_back_transaction_stays_prepared)
+{
+    /* Prepared statements are not transactional: the cache entry made inside a
+     * transaction that rolls back is still good afterwards. */
+    struct pg_pool *p = pool_open(1, 0, 0);
+    struct pg_conn *c = conn_acquire(p);
+    struct qres r;
+    const char *params[] = {"4", "t"};
+    cq(c, &r, "BEGIN", 0, NULL);
+    qres_clear(&r);
+    cq(c, &r, DOUBLE_SQL, 2, params);
+    cr_expect_str_eq(r.v[0][0], "8");
+    qres_clear(&r);
+    cq(c, &r, "ROLLBACK", 0, NULL);
+    qres_clear(&r);
+    cq(c, &r, DOUBLE_SQL, 2, params);
+    cr_expect_str_eq(r.v[0][0], "8");
+    qres_clear(&r);
+    pg_conn_release(c);
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 1);
+    pool_close_wait(p);
+}
+
+Test(pg, a_syntax_error_with_parameters_is_the_statements_error_and_not_cached)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    char *pid = backend_pid(p);
+    struct qres r;
+    const char *one[] = {"1"};
+    for (int i = 0; i < 2; i++) {
+        /* The second run parses again: a cached name would fail otherwise (26000). */
+        q(p, &r, "SELEC $1::int", 1, one);
+        cr_expect_eq(r.err, PG_ERR_SERVER, "run %d: %s", i, r.msg);
+        cr_expect_str_eq(r.sqlstate, "42601", "run %d: %s", i, r.msg);
+        cr_expect_not(r.retryable);
+        cr_assert_not_null(r.je);
+        cr_expect_str_eq(r.je->error_class, "Tierone::PG::SyntaxError");
+        qres_clear(&r);
+    }
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 0);
+    /* The pool carries on, on the same session, and prepares the next statement. */
+    const char *params[] = {"5", "ok"};
+    q_ok(p, &r, DOUBLE_SQL, 2, params);
+    cr_expect_str_eq(r.v[0][0], "10");
+    cr_expect_str_eq(r.v[0][1], "ok");
+    qres_clear(&r);
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 1);
+    char *pid2 = backend_pid(p);
+    cr_expect_str_eq(pid2, pid, "the same session throughout");
+    free(pid);
+    free(pid2);
+    pool_close_wait(p);
+}
+
+#define ALTER_SQL "SELECT * FROM pgt_prep_alter WHERE id = $1"
+
+Test(pg, a_changed_result_type_fails_once_retryably_then_is_prepared_again)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    exec_ok(p, "DROP TABLE IF EXISTS pgt_prep_alter");
+    exec_ok(p, "CREATE TABLE pgt_prep_alter (id int, a text)");
+    exec_ok(p, "INSERT INTO pgt_prep_alter VALUES (1, 'x')");
+    char *pid = backend_pid(p);
+    struct qres r;
+    const char *one[] = {"1"};
+    q_ok(p, &r, ALTER_SQL, 1, one);
+    cr_expect_eq(r.ncols, 2);
+    qres_clear(&r);
+    exec_ok(p, "ALTER TABLE pgt_prep_alter ADD COLUMN b text DEFAULT 'y'");
+
+    /* The statement prepared before the change no longer fits: this run fails, and the
+     * caller may retry. */
+    q(p, &r, ALTER_SQL, 1, one);
+    cr_expect_eq(r.err, PG_ERR_SERVER, "%s", r.msg);
+    cr_expect_str_eq(r.sqlstate, "0A000", "%s", r.msg);
+    cr_expect(r.retryable, "a retry re-prepares the statement");
+    cr_assert_not_null(r.je);
+    cr_expect_eq(r.je->kind, JOB_ERR_RETRY);
+    qres_clear(&r);
+
+    /* The next runs see the new column, prepared anew and then executed by name. */
+    for (int i = 0; i < 2; i++) {
+        q_ok(p, &r, ALTER_SQL, 1, one);
+        cr_expect_eq(r.ncols, 3);
+        cr_expect_str_eq(r.v[0][2], "y");
+        qres_clear(&r);
+    }
+    cr_expect_eq(value_of(p, "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
+                             "WHERE statement = '" ALTER_SQL "' ORDER BY prepare_time DESC "
+                             "LIMIT 1"),
+                 2);
+    char *pid2 = backend_pid(p);
+    cr_expect_str_eq(pid2, pid, "re-prepared on the same session, not reconnected");
+    free(pid);
+    free(pid2);
+    exec_ok(p, "DROP TABLE pgt_prep_alter");
+    pool_close_wait(p);
+}
+
+Test(pg, a_deallocated_statement_fails_once_retryably_then_is_prepared_again)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    struct qres r;
+    const char *params[] = {"3", "d"};
+    q_ok(p, &r, DOUBLE_SQL, 2, params);
+    qres_clear(&r);
+    exec_ok(p, "DEALLOCATE ALL"); /* what a pooler's DISCARD ALL does too */
+    q(p, &r, DOUBLE_SQL, 2, params);
+    cr_expect_eq(r.err, PG_ERR_SERVER, "%s", r.msg);
+    cr_expect_str_eq(r.sqlstate, "26000", "%s", r.msg);
+    cr_expect(r.retryable);
+    qres_clear(&r);
+    q_ok(p, &r, DOUBLE_SQL, 2, params);
+    cr_expect_str_eq(r.v[0][0], "6");
+    qres_clear(&r);
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 1);
+    pool_close_wait(p);
+}
+
+Test(pg, no_prepare_runs_every_statement_unnamed)
+{
+    struct pg_pool_opts o = {.conninfo = db_url(), .size = 1, .no_prepare = 1};
+    char *err = NULL;
+    struct pg_pool *p = pg_pool_new(&loop, &o, &err);
+    cr_assert_not_null(p, "pg_pool_new: %s", err ? err : "?");
+    struct qres r;
+    for (int i = 0; i < 3; i++) {
+        const char *params[] = {"8", "np"};
+        q_ok(p, &r, DOUBLE_SQL, 2, params);
+        cr_expect_str_eq(r.v[0][0], "16");
+        cr_expect_str_eq(r.v[0][1], "np");
+        qres_clear(&r);
+    }
+    cr_expect_eq(value_of(p, "SELECT count(*) FROM pg_prepared_statements"), 0);
+    pool_close_wait(p);
+}
+
+Test(pg, more_statements_than_the_cache_holds_still_run)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    enum { N = PG_STMT_CACHE + 10 };
+    char sql[128], want[32];
+    struct qres r;
+    const char *one[] = {"1000"};
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < N; i++) {
+            snprintf(sql, sizeof sql, "SELECT $1::int + %d", i);
+            snprintf(want, sizeof want, "%d", 1000 + i);
+            q_ok(p, &r, sql, 1, one);
+            cr_expect_str_eq(r.v[0][0], want, "round %d: %s", round, sql);
+            qres_clear(&r);
+        }
+    /* The first PG_STMT_CACHE texts were prepared and each executed twice; the rest ran
+     * unnamed. */
+    cr_expect_eq(value_of(p, PREPARED_COUNT), PG_STMT_CACHE);
+    cr_expect_eq(value_of(p, "SELECT count(*) FROM pg_prepared_statements "
+                             "WHERE generic_plans + custom_plans = 2"),
+                 PG_STMT_CACHE);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_prepared_statements WHERE statement = "
+             "'SELECT $1::int + %d'",
+             PG_STMT_CACHE);
+    cr_expect_eq(value_of(p, sql), 0, "the first one past the cache ran unnamed");
+    pool_close_wait(p);
+}
+
+Test(pg, a_lost_connection_forgets_its_prepared_statements)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    struct pg_pool *killer = pool_open(1, 0, 0);
+    struct qres r;
+    const char *params[] = {"11", "before"};
+    q_ok(p, &r, DOUBLE_SQL, 2, params);
+    qres_clear(&r);
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 1);
+    char *pid = backend_pid(p);
+    const char *kill[] = {pid};
+    q_ok(killer, &r, "SELECT pg_terminate_backend($1::int)", 1, kill);
+    cr_expect_str_eq(r.v[0][0], "t");
+    qres_clear(&r);
+
+    /* Wait until the pool has noticed (the idle connection's socket is watched). */
+    struct pg_pool_stats st;
+    uint64_t deadline = clock_mono_ms() + 10000;
+    uv_timer_start(&guard, on_guard, 10, 10);
+    for (pg_pool_stats(p, &st); st.open > 0; pg_pool_stats(p, &st)) {
+        cr_assert(clock_mono_ms() < deadline, "the lost connection was not noticed");
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    uv_timer_stop(&guard);
+
+    /* The new session has no statements: the same text is prepared there, first time. */
+    const char *after[] = {"12", "after"};
+    q_ok(p, &r, DOUBLE_SQL, 2, after);
+    cr_expect_str_eq(r.v[0][0], "24");
+    cr_expect_str_eq(r.v[0][1], "after");
+    qres_clear(&r);
+    char *pid2 = backend_pid(p);
+    cr_expect_str_neq(pid2, pid, "a new session");
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 1);
+    cr_expect_eq(value_of(p, "SELECT generic_plans + custom_plans FROM pg_prepared_statements"), 1);
+    free(pid);
+    free(pid2);
+    pool_close_wait(killer);
+    pool_close_wait(p);
 }

@@ -80,6 +80,7 @@ contact_sync_database_url: TIERONE_CONTACT_SYNC_DATABASE_URL
 contact_sync_interval: TIERONE_CONTACT_SYNC_INTERVAL
 contact_sync_sql: TIERONE_CONTACT_SYNC_SQL
 database_pool: TIERONE_DATABASE_POOL
+database_prepare: TIERONE_DATABASE_PREPARE
 database_url: TIERONE_DATABASE_URL
 dead_max_jobs: TIERONE_DEAD_MAX_JOBS
 dead_timeout_s: TIERONE_DEAD_TIMEOUT_S
