@@ -93,7 +93,8 @@ struct hc_req {
     struct hc_shard *sh;
     CURL *easy;
     struct curl_slist *headers;
-    char *body;
+    char *body; /* the request body (our copy), body_len bytes + NUL; NULL: none */
+    size_t body_len;
     size_t max_body;
     bool too_large;
     bool body_stolen;
@@ -555,6 +556,8 @@ static void hc_req_finish(struct hc_req *r, CURLcode rc, bool cancelled)
     resp->body = r->resp_body.data;
     resp->body_len = r->resp_body.len;
     resp->total_us = (clock_mono_ns() - r->start_ns) / 1000;
+    resp->request_body = r->body;
+    resp->request_body_len = r->body_len;
 
     c->stats.in_flight--;
     c->stats.completed++;
@@ -725,6 +728,7 @@ static void hc_req_set_method(struct hc_req *r, const struct http_request *req)
         r->body = xmalloc(req->body_len + 1);
         memcpy(r->body, req->body, req->body_len);
         r->body[req->body_len] = '\0';
+        r->body_len = req->body_len;
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
         if (strcmp(m, "POST") != 0)

@@ -87,6 +87,11 @@ struct http_response {
     char *body; /* response body, NUL-terminated (never NULL) */
     size_t body_len;
     uint64_t total_us; /* wall time from submission to completion, microseconds */
+    /* The request's own body as sent (the client's copy, NUL-terminated; NULL when the
+     * request had none), so a caller can send it again without keeping a copy of its own
+     * while the request is in flight. */
+    const char *request_body;
+    size_t request_body_len;
 };
 
 typedef void (*http_done_cb)(struct http_response *resp, void *arg);

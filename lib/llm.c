@@ -341,6 +341,7 @@ struct llm_chat_call {
     int want_json;
     llm_chat_cb cb;
     void *arg;
+    const char *sent; /* during the callback: the request body as sent (the HTTP client's) */
 };
 
 static const char *const llm_roles[] = {"system", "developer", "user", "assistant", NULL};
@@ -439,6 +440,22 @@ int llm_chat(struct llm *c, const char *jid, const struct llm_chat_request *req,
     call->arg = arg;
     llm_post(c, c->chat_url, c->chat_what, jid, body, llm_chat_on_response, call);
     free(body);
+    return 0;
+}
+
+int llm_chat_again(const struct llm_chat_result *res, const char *jid, llm_chat_cb cb, void *arg)
+{
+    const struct llm_chat_call *old = res ? res->call : NULL;
+    if (!old || !old->sent)
+        return -1;
+    struct llm *c = old->c;
+    struct llm_chat_call *call = xcalloc(1, sizeof *call);
+    call->c = c;
+    call->jid = xstrdup(jid);
+    call->want_json = old->want_json;
+    call->cb = cb;
+    call->arg = arg;
+    llm_post(c, c->chat_url, c->chat_what, jid, old->sent, llm_chat_on_response, call);
     return 0;
 }
 
@@ -563,7 +580,8 @@ static void llm_chat_on_response(struct job_error *err, struct http_response *re
     struct llm *c = call->c;
     const char *call_id = resp ? http_response_header(resp, "x-litellm-call-id") : NULL;
     json_t *body = llm_response_body(c, &err, resp, c->chat_what);
-    struct llm_chat_result res = {.call_id = call_id};
+    struct llm_chat_result res = {.call_id = call_id, .call = call};
+    call->sent = resp ? resp->request_body : NULL;
     if (body)
         err = llm_chat_read(body, &res, c->chat_what);
     if (err) {

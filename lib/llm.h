@@ -143,6 +143,8 @@ enum llm_unusable {
     LLM_UNUSABLE_INVALID_JSON,   /* JSON was asked for; content is not a JSON object */
 };
 
+struct llm_chat_call; /* one llm_chat request (opaque; see llm_chat_again) */
+
 /* A chat answer. Everything is borrowed and valid only during the callback (json_incref /
  * strdup what you keep). */
 struct llm_chat_result {
@@ -158,6 +160,7 @@ struct llm_chat_result {
     const char *call_id;       /* x-litellm-call-id response header, or NULL */
     long prompt_tokens, completion_tokens, total_tokens; /* usage; -1 when absent */
     json_t *response;                                    /* the whole response body */
+    const struct llm_chat_call *call; /* the request answered (for llm_chat_again) */
 };
 
 /* err: NULL on success (res set), else a new error the callback owns (res NULL). */
@@ -169,6 +172,13 @@ typedef void (*llm_chat_cb)(struct job_error *err, const struct llm_chat_result 
  * role, NULL content, a schema that is not an object, a bad schema_name. */
 int llm_chat(struct llm *c, const char *jid, const struct llm_chat_request *req, llm_chat_cb cb,
              void *arg);
+
+/* Ask the same again: send the request res answers once more, byte for byte (same
+ * messages, schema, model and settings; a new rate-limit token), without the caller
+ * having kept the messages while the first request was in flight. Only from inside the
+ * llm_chat (or llm_chat_again) callback that got res. jid names the calling job. Returns
+ * 0 and cb runs exactly once later, or -1 (cb never runs) when res holds no request. */
+int llm_chat_again(const struct llm_chat_result *res, const char *jid, llm_chat_cb cb, void *arg);
 
 /* Name of an unusable reason: "usable", "length", "content_filter", "refusal", "empty",
  * "invalid_json". */

@@ -16,8 +16,14 @@
  *              the older messages of the burst; the question says which are new.)
  *   CHAT       one llm_chat call with the inbox's model and temperature and the strict
  *              schema. An unusable reply (usable == 0, or decide_prompt_check_reply
- *              refuses it) asks once more in the same job; a second one decides
- *              escalate "no usable answer from the model (<why>)".
+ *              refuses it) asks once more in the same job (llm_chat_again: the same
+ *              request); a second one decides escalate "no usable answer from the model
+ *              (<why>)".
+ *              While the model thinks (seconds; thousands of turns may wait at once) the
+ *              job keeps only what reading the reply needs: the question and the ids of
+ *              the passages given. The turn, its passages, the history and the prompt are
+ *              freed as soon as the request is made (the HTTP client holds its body), and
+ *              the JSON schema is built once per process.
  *   STORE      decide_store: the decision is written once (a stored one wins), then
  *              Tierone::Reply (answer) or Tierone::Escalate is enqueued, then job_done.
  *
@@ -40,6 +46,7 @@
 #include "turn.h"
 #include "xalloc.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,25 +184,38 @@ struct decide {
     const char *jid;
     long long id;
     char ids[3][32]; /* account, conversation, message as SQL parameters */
-    struct turn *t;
+    struct turn *t;  /* until the prompt is built (NULL after) */
     const struct inbox_settings *inbox;
-    const char *question;
-    json_t *passages; /* new reference (the turn's, or an empty array) */
-    json_t *history;
-    json_t *schema;
-    struct decide_messages msgs;
+    char *question;   /* the turn's question (or content), own copy */
+    json_t *passages; /* new reference (the turn's, or an empty array); once the prompt is
+                         built, only their ids (decide_prompt_passage_ids) */
+    json_t *history;  /* until the prompt is built */
     int attempts;
 };
+
+/* The schema of every Decide call, built once (decide_prompt_schema), never freed. */
+static json_t *decide_schema_shared;
+static pthread_once_t decide_schema_once = PTHREAD_ONCE_INIT;
+
+static void decide_schema_init(void)
+{
+    decide_schema_shared = decide_prompt_schema();
+}
+
+static json_t *decide_schema(void)
+{
+    pthread_once(&decide_schema_once, decide_schema_init);
+    return decide_schema_shared;
+}
 
 static void decide_done(struct decide *d, struct job_error *err)
 {
     struct job_ctx *ctx = d->ctx;
     job_ctx_set_state(ctx, NULL);
     turn_free(d->t);
+    free(d->question);
     json_decref(d->passages);
     json_decref(d->history);
-    json_decref(d->schema);
-    decide_messages_free(&d->msgs);
     free(d);
     job_done(ctx, err);
 }
@@ -240,15 +260,27 @@ static void decide_store_decision(struct decide *d, json_t *decision)
 
 /* ---- CHAT ------------------------------------------------------------------------------- */
 
-static void decide_chat(struct decide *d);
+static void decide_on_chat(struct job_error *err, const struct llm_chat_result *res, void *arg);
 
-/* The reply could not be used (why): ask again, or give up and escalate. */
-static void decide_unusable(struct decide *d, const char *why, const char *model)
+/* The LLM request could not be made: a permanent failure (the fail-safe at once). */
+static void decide_refused(struct decide *d)
+{
+    decide_step_failed(d, 1,
+                       job_error_new(JOB_ERR_PERMANENT, "Tierone::LLM::Refused",
+                                     "the LLM request could not be made (no model?)"));
+}
+
+/* The reply res could not be used (why): ask again (the same request), or give up and
+ * escalate. */
+static void decide_unusable(struct decide *d, const struct llm_chat_result *res, const char *why,
+                            const char *model)
 {
     if (d->attempts < DECIDE_ATTEMPTS) {
         log_job(LOG_INFO, d->jid, PIPELINE_DECIDE, "turn %lld: unusable reply (%s); asking again",
                 d->id, why);
-        decide_chat(d);
+        d->attempts++;
+        if (llm_chat_again(res, d->jid, decide_on_chat, d) != 0)
+            decide_refused(d);
         return;
     }
     decide_store_decision(d, decide_prompt_unusable(d->question, why, model));
@@ -266,13 +298,13 @@ static void decide_on_chat(struct job_error *err, const struct llm_chat_result *
         char why[256];
         snprintf(why, sizeof why, "%s",
                  res->why_text && *res->why_text ? res->why_text : llm_unusable_name(res->why));
-        decide_unusable(d, why, model);
+        decide_unusable(d, res, why, model);
         return;
     }
     char why[256] = "";
     json_t *decision = decide_prompt_check_reply(res->json, d->passages, why, sizeof why);
     if (!decision) {
-        decide_unusable(d, why, model);
+        decide_unusable(d, res, why, model);
         return;
     }
     if (model)
@@ -280,23 +312,7 @@ static void decide_on_chat(struct job_error *err, const struct llm_chat_result *
     decide_store_decision(d, decision);
 }
 
-static void decide_chat(struct decide *d)
-{
-    d->attempts++;
-    struct llm_chat_request req = {.messages = d->msgs.msg,
-                                   .nmessages = d->msgs.n,
-                                   .schema = d->schema,
-                                   .schema_name = DECIDE_SCHEMA_NAME,
-                                   .want_json = 1,
-                                   .model = d->inbox->model,
-                                   .has_temperature = 1,
-                                   .temperature = d->inbox->temperature};
-    if (llm_chat(d->p->llm, d->jid, &req, decide_on_chat, d) != 0)
-        decide_step_failed(d, 1,
-                           job_error_new(JOB_ERR_PERMANENT, "Tierone::LLM::Refused",
-                                         "the LLM request could not be made (no model?)"));
-}
-
+/* Build the prompt, let go of everything only it needed, ask the model. */
 static void decide_ask(struct decide *d)
 {
     struct decide_input in = {.prompt = d->inbox->prompt,
@@ -304,9 +320,29 @@ static void decide_ask(struct decide *d)
                               .contact = d->t->contact,
                               .history = d->history,
                               .question = d->question};
-    decide_prompt_messages(&in, &d->msgs);
-    d->schema = decide_prompt_schema();
-    decide_chat(d);
+    struct decide_messages msgs;
+    decide_prompt_messages(&in, &msgs);
+    json_t *ids = decide_prompt_passage_ids(d->passages);
+    json_decref(d->passages);
+    d->passages = ids;
+    json_decref(d->history);
+    d->history = NULL;
+    turn_free(d->t);
+    d->t = NULL;
+
+    d->attempts++;
+    struct llm_chat_request req = {.messages = msgs.msg,
+                                   .nmessages = msgs.n,
+                                   .schema = decide_schema(),
+                                   .schema_name = DECIDE_SCHEMA_NAME,
+                                   .want_json = 1,
+                                   .model = d->inbox->model,
+                                   .has_temperature = 1,
+                                   .temperature = d->inbox->temperature};
+    int rc = llm_chat(d->p->llm, d->jid, &req, decide_on_chat, d);
+    decide_messages_free(&msgs); /* llm_chat copied them into the request */
+    if (rc != 0)
+        decide_refused(d);
 }
 
 /* ---- HISTORY ---------------------------------------------------------------------------- */
@@ -383,7 +419,7 @@ static void decide_on_turn(struct job_error *err, struct turn *t, void *arg)
         return;
     }
     d->inbox = inbox_config_get(d->p->inboxes, t->inbox);
-    d->question = t->question ? t->question : t->content;
+    d->question = xstrdup(t->question ? t->question : t->content);
     d->passages = json_is_array(t->passages) ? json_incref(t->passages) : json_array();
     if (!d->p->llm) {
         decide_store_decision(

@@ -200,18 +200,32 @@ static json_t *decide_new(const char *action, const char *answer, const char *re
                      "passage_ids", ids ? ids : json_array(), "by", by);
 }
 
-/* 1 when id is the id of one of passages. */
+/* 1 when id is the id of one of passages (passage objects, or ids). */
 static int decide_passage_given(const json_t *passages, json_int_t id)
 {
     size_t i;
     const json_t *p;
     json_array_foreach(passages, i, p)
     {
-        json_t *v = json_object_get(p, "id");
+        const json_t *v = json_is_integer(p) ? p : json_object_get(p, "id");
         if (json_is_integer(v) && json_integer_value(v) == id)
             return 1;
     }
     return 0;
+}
+
+json_t *decide_prompt_passage_ids(const json_t *passages)
+{
+    json_t *ids = json_array();
+    size_t i;
+    const json_t *p;
+    json_array_foreach(passages, i, p)
+    {
+        json_t *v = json_object_get(p, "id");
+        if (json_is_integer(v)) /* a fresh value: the passages may be freed */
+            json_array_append_new(ids, json_integer(json_integer_value(v)));
+    }
+    return ids;
 }
 
 static const char *decide_string_field(const json_t *reply, const char *key, char *why,

@@ -70,12 +70,13 @@ void decide_messages_free(struct decide_messages *m);
 json_t *decide_prompt_schema(void);
 
 /* Check the model's reply (the parsed JSON object) against the schema and the passages that
- * were given. Returns a new decision {action, answer, reason, category, passage_ids, by:
- * "llm"} (model is added by the caller), or NULL with the reason in why (whycap bytes) when
- * the reply is unusable: not an object, a missing or mistyped field, an action or category
- * outside the enum, an empty answer with action "answer", an answer longer than
- * DECIDE_ANSWER_MAX, a passage id that is not an integer. Unknown extra fields are ignored
- * (JSON-object mode cannot forbid them).
+ * were given (the passages as above, or just their ids: decide_prompt_passage_ids).
+ * Returns a new decision {action, answer, reason, category, passage_ids, by: "llm"} (model
+ * is added by the caller), or NULL with the reason in why (whycap bytes) when the reply is
+ * unusable: not an object, a missing or mistyped field, an action or category outside the
+ * enum, an empty answer with action "answer", an answer longer than DECIDE_ANSWER_MAX, a
+ * passage id that is not an integer. Unknown extra fields are ignored (JSON-object mode
+ * cannot forbid them).
  * Usable replies are then held to the rules:
  *   - cited ids that were not given are dropped; an answer left citing none becomes
  *     escalate, reason "the answer cites no passage";
@@ -85,6 +86,11 @@ json_t *decide_prompt_schema(void);
  * An escalation keeps the model's answer text (a draft for the human). */
 json_t *decide_prompt_check_reply(const json_t *reply, const json_t *passages, char *why,
                                   size_t whycap);
+
+/* The ids of passages (array as above; NULL: none) as a new array of integers: all that
+ * decide_prompt_check_reply needs of them, far smaller than the passages themselves
+ * (passages without an integer id are left out: no reply can cite them). */
+json_t *decide_prompt_passage_ids(const json_t *passages);
 
 /* The retrieval-only decision (no LLM) for question and passages (array as above, best
  * first; NULL or empty: none), with the inbox's threshold: the best-scoring passage
