@@ -1,0 +1,345 @@
+/* bench_pipeline: one run of the pipeline benchmark (bench/pipeline.sh), end to end.
+ *
+ *   bench_pipeline SCENARIO [--turns N] [--rate R] [--llm-delay MS] [--concurrency C]
+ *                  [--db-pool N] [--sidekiq] [--warmup N]
+ *
+ * --concurrency is the worker's (TIERONE_CONCURRENCY, or Sidekiq's -c), --db-pool its
+ * PostgreSQL connections (TIERONE_DATABASE_POOL, read by both; default 8).
+ *
+ * Builds the whole product with tests/support/test_stack: the fake Chatwoot, LLM, Slack and
+ * Linear in this process, a fresh migrated PostgreSQL database with the test knowledge
+ * base, a Redis database, the real tierone-ingest and, as the worker, tierone-worker (or,
+ * with --sidekiq, Ruby Sidekiq running bench/ruby_pipeline.rb: the same chain in Ruby).
+ * Every turn is one customer question in its own pending conversation, posted to the shim
+ * as a signed webhook; the fake model answers it citing the best passage, so every turn
+ * ends in one reply. Debounce is 0 (the debounce is a deliberate wait, not work).
+ *
+ * A turn's latency runs from the shim's 202 (the webhook is accepted) to the moment the
+ * fake Chatwoot has read the reply's POST. Scenarios:
+ *   burst     N turns posted as fast as one client can (curl, one connection each), then
+ *             waits for N replies: turns/s = N / (last reply - first post), and the
+ *             latencies, which include the wait in the queue.
+ *   paced     N turns at R per second (open loop): latencies at a load the worker keeps up
+ *             with.
+ *   inflight  the model answers after --llm-delay ms (default 2000); N turns posted as
+ *             fast as possible: the most model calls open at once, the time to the last
+ *             reply, and the worker's peak RSS.
+ * Before the measured turns, --warmup turns (default 50) run and are waited for, so the
+ * worker's start-up, connection set-up and Ruby's boot are not measured.
+ *
+ * Prints one line: "result scenario=... worker=... turns=N ok=N turns_per_s=... p50_ms=...
+ * p99_ms=... max_ms=... llm_open_max=... rss_kb=... cpu_s=... wall_s=..." where rss_kb is
+ * the worker's VmHWM and cpu_s its CPU time (user + system) at the end. Exits 0 when every
+ * turn got exactly one reply within the time limit, 1 if not, 2 on a usage error.
+ *
+ * Needs what test_stack needs: TIERONE_BIN_DIR, TIERONE_SOURCE_DIR, TIERONE_TEST_REDIS_URL,
+ * TIERONE_TEST_DATABASE_URL (bench/pipeline.sh sets them). */
+#include "fake_chatwoot.h"
+#include "fake_llm.h"
+#include "test_stack.h"
+
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BP_QUESTION  "How do I reset my password? The reset link never arrives"
+#define BP_HOOK      "/webhooks/agent-bot"
+#define BP_FIRST_MSG 100000L
+
+struct bp_opts {
+    const char *scenario;
+    long turns, warmup, concurrency, db_pool;
+    double rate;
+    unsigned llm_delay_ms;
+    int sidekiq;
+};
+
+/* One measured turn: its conversation and the times of its 202 and of its reply. */
+struct bp_turn {
+    unsigned long long accepted_ns, replied_ns;
+    int replies;
+};
+
+struct bp_run {
+    struct test_stack st;
+    struct bp_turn *turns; /* by conversation id - 1 (warm-up turns included) */
+    long nturns;
+    size_t scanned; /* fake Chatwoot requests already looked at */
+    unsigned llm_open_max;
+};
+
+static unsigned long long bp_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+static void bp_sleep_until(unsigned long long ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+}
+
+/* The fake model: answers the question citing the first passage the worker sent (the
+ * last user message is an intro line, then a JSON document with "passages"). */
+static void bp_model(const json_t *request, struct fake_llm_reply *reply, void *arg)
+{
+    (void)arg;
+    json_t *msgs = json_object_get(request, "messages");
+    const char *user = json_string_value(
+        json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "content"));
+    const char *brace = user ? strchr(user, '{') : NULL;
+    json_t *doc = brace ? json_loads(brace, 0, NULL) : NULL;
+    json_t *passage = json_array_get(json_object_get(doc, "passages"), 0);
+    json_t *out;
+    if (!passage)
+        out = json_pack("{s:s, s:s, s:s, s:s, s:[]}", "action", "escalate", "answer", "", "reason",
+                        "no passage", "category", "question", "passage_ids");
+    else
+        out = json_pack("{s:s, s:s, s:s, s:s, s:[O]}", "action", "answer", "answer",
+                        "Use Forgot password? on the sign-in page; the link is valid 60 minutes.",
+                        "reason", "documented", "category", "question", "passage_ids",
+                        json_object_get(passage, "id"));
+    reply->content = json_dumps(out, JSON_COMPACT);
+    reply->free_content = 1;
+    json_decref(out);
+    json_decref(doc);
+}
+
+/* Post turn i's webhook (conversation i + 1); records its 202. Returns 0 or -1. */
+static int bp_post(struct bp_run *r, long i)
+{
+    long conv = i + 1, msg = BP_FIRST_MSG + i;
+    char *body =
+        test_stack_message(conv, msg, "pending", "incoming", "contact", BP_QUESTION, 0, NULL);
+    char delivery[48];
+    snprintf(delivery, sizeof delivery, "bench-%ld", msg);
+    int status = test_stack_post(&r->st, BP_HOOK, delivery, body);
+    r->turns[i].accepted_ns = bp_now_ns();
+    free(body);
+    if (status != 202) {
+        fprintf(stderr, "bench_pipeline: the shim answered %d to turn %ld\n", status, i);
+        return -1;
+    }
+    return 0;
+}
+
+/* Look at the fake Chatwoot's new requests: a POST of a message carrying the reply marker
+ * is turn (conversation - 1)'s reply. */
+static void bp_scan(struct bp_run *r)
+{
+    struct fake_http *h = fake_chatwoot_http(r->st.cw);
+    size_t n = fake_http_count(h);
+    for (; r->scanned < n; r->scanned++) {
+        const struct fake_http_request *q = fake_http_request_at(h, r->scanned);
+        if (!q)
+            break; /* counted, not yet recorded */
+        long conv = 0;
+        if (strcmp(q->method, "POST") != 0 ||
+            sscanf(q->path, "/api/v1/accounts/1/conversations/%ld/messages", &conv) != 1 ||
+            !strstr(q->body, "tierone_turn") || conv < 1 || conv > r->nturns)
+            continue;
+        struct bp_turn *t = &r->turns[conv - 1];
+        if (t->replies++ == 0)
+            t->replied_ns = q->at_ns;
+    }
+}
+
+/* Wait until turns [from, to) have a reply each, or timeout_ms. Returns the replied count. */
+static long bp_wait(struct bp_run *r, long from, long to, unsigned timeout_ms)
+{
+    unsigned long long deadline = bp_now_ns() + (unsigned long long)timeout_ms * 1000000ull;
+    long done = 0;
+    for (;;) {
+        bp_scan(r);
+        unsigned open = fake_http_open_connections(fake_llm_http(r->st.llm));
+        if (open > r->llm_open_max)
+            r->llm_open_max = open;
+        done = 0;
+        for (long i = from; i < to; i++)
+            done += r->turns[i].replies > 0;
+        if (done == to - from || bp_now_ns() > deadline)
+            return done;
+        bp_sleep_until(bp_now_ns() + 2000000ull); /* poll every 2 ms */
+    }
+}
+
+static int bp_cmp_ull(const void *a, const void *b)
+{
+    unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The worker's VmHWM (kB) and CPU seconds from /proc. */
+static void bp_proc(pid_t pid, long *hwm_kb, double *cpu_s)
+{
+    char path[64], line[512];
+    *hwm_kb = -1;
+    *cpu_s = -1;
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6))
+            *hwm_kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    if (f && fgets(line, sizeof line, f)) {
+        const char *p = strrchr(line, ')'); /* fields after the command name */
+        unsigned long utime = 0, stime = 0;
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
+                        &stime) == 2)
+            *cpu_s = (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    }
+    if (f)
+        fclose(f);
+}
+
+static int bp_usage(void)
+{
+    fprintf(stderr, "usage: bench_pipeline burst|paced|inflight [--turns N] [--rate R] "
+                    "[--llm-delay MS] [--concurrency C] [--db-pool N] [--warmup N] [--sidekiq]\n");
+    return 2;
+}
+
+static int bp_parse(int argc, char **argv, struct bp_opts *o)
+{
+    if (argc < 2)
+        return -1;
+    *o = (struct bp_opts){.scenario = argv[1],
+                          .turns = 2000,
+                          .warmup = 50,
+                          .concurrency = 1000,
+                          .rate = 200,
+                          .llm_delay_ms = 2000,
+                          .db_pool = 8};
+    if (strcmp(o->scenario, "burst") && strcmp(o->scenario, "paced") &&
+        strcmp(o->scenario, "inflight"))
+        return -1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--sidekiq")) {
+            o->sidekiq = 1;
+            continue;
+        }
+        if (!v)
+            return -1;
+        i++;
+        if (!strcmp(a, "--turns"))
+            o->turns = atol(v);
+        else if (!strcmp(a, "--warmup"))
+            o->warmup = atol(v);
+        else if (!strcmp(a, "--rate"))
+            o->rate = atof(v);
+        else if (!strcmp(a, "--llm-delay"))
+            o->llm_delay_ms = (unsigned)atol(v);
+        else if (!strcmp(a, "--concurrency"))
+            o->concurrency = atol(v);
+        else if (!strcmp(a, "--db-pool"))
+            o->db_pool = atol(v);
+        else
+            return -1;
+    }
+    return o->turns > 0 && o->warmup >= 0 && o->rate > 0 && o->concurrency > 0 && o->db_pool > 0
+               ? 0
+               : -1;
+}
+
+int main(int argc, char **argv)
+{
+    struct bp_opts o;
+    if (bp_parse(argc, argv, &o) != 0)
+        return bp_usage();
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive bench/pipeline.sh */
+    int inflight = !strcmp(o.scenario, "inflight");
+
+    char concurrency[48], pool[48], rb[600], conc_arg[24];
+    snprintf(concurrency, sizeof concurrency, "TIERONE_CONCURRENCY=%ld", o.concurrency);
+    snprintf(pool, sizeof pool, "TIERONE_DATABASE_POOL=%ld", o.db_pool);
+    snprintf(conc_arg, sizeof conc_arg, "%ld", o.concurrency);
+    snprintf(rb, sizeof rb, "%s/bench/ruby_pipeline.rb",
+             getenv("TIERONE_SOURCE_DIR") ? getenv("TIERONE_SOURCE_DIR") : ".");
+    const char *env[] = {"TIERONE_DEBOUNCE=0", concurrency, "TIERONE_LOG_LEVEL=warn", pool, NULL};
+    const char *sidekiq[] = {"/usr/bin/sidekiq", "-r", rb,   "-c", conc_arg,  "-q",
+                             "events",           "-q", "ai", "-q", "actions", NULL};
+    struct test_stack_opts so = {.redis_db = 0,
+                                 .pg_name = "tierone_bench_pipeline",
+                                 .llm = 1,
+                                 .env = env,
+                                 .worker_argv = o.sidekiq ? sidekiq : NULL};
+
+    struct bp_run r = {.nturns = o.warmup + o.turns};
+    r.turns = calloc((size_t)r.nturns, sizeof *r.turns);
+    test_stack_start(&r.st, &so);
+    fake_llm_set_handler(r.st.llm, bp_model, NULL);
+    for (long i = 0; i < r.nturns; i++)
+        test_stack_conversation(&r.st, i + 1, "pending");
+
+    int ok = 1;
+    /* Warm-up: started, connected, every code path touched once. */
+    for (long i = 0; ok && i < o.warmup; i++)
+        ok = bp_post(&r, i) == 0;
+    if (ok && bp_wait(&r, 0, o.warmup, 120000) != o.warmup) {
+        fprintf(stderr, "bench_pipeline: the warm-up turns did not all get a reply\n");
+        ok = 0;
+    }
+    if (inflight) {
+        struct fake_fault slow = {.delay_ms = o.llm_delay_ms, .pass_through = 1};
+        fake_faults_push(fake_llm_faults(r.st.llm), &slow, (unsigned)o.turns);
+    }
+    r.llm_open_max = 0;
+    unsigned long long t0 = bp_now_ns();
+    double interval_ns = 1e9 / o.rate;
+    for (long i = o.warmup; ok && i < r.nturns; i++) {
+        if (!strcmp(o.scenario, "paced"))
+            bp_sleep_until(t0 + (unsigned long long)((double)(i - o.warmup) * interval_ns));
+        ok = bp_post(&r, i) == 0;
+        if (inflight && (i & 63) == 0) {
+            unsigned open = fake_http_open_connections(fake_llm_http(r.st.llm));
+            r.llm_open_max = open > r.llm_open_max ? open : r.llm_open_max;
+        }
+    }
+    long done = ok ? bp_wait(&r, o.warmup, r.nturns, 300000) : 0;
+    unsigned long long t1 = 0;
+    size_t n = 0;
+    unsigned long long *lat = calloc((size_t)o.turns, sizeof *lat);
+    int dup = 0;
+    for (long i = o.warmup; i < r.nturns; i++) {
+        const struct bp_turn *t = &r.turns[i];
+        dup += t->replies > 1;
+        if (!t->replies)
+            continue;
+        lat[n++] = t->replied_ns > t->accepted_ns ? t->replied_ns - t->accepted_ns : 0;
+        t1 = t->replied_ns > t1 ? t->replied_ns : t1;
+    }
+    qsort(lat, n, sizeof *lat, bp_cmp_ull);
+    long hwm_kb;
+    double cpu_s;
+    bp_proc(r.st.worker, &hwm_kb, &cpu_s);
+    double wall_s = t1 > t0 ? (double)(t1 - t0) / 1e9 : 0;
+    printf("result scenario=%s worker=%s turns=%ld ok=%ld dup=%d turns_per_s=%.0f p50_ms=%.1f "
+           "p99_ms=%.1f max_ms=%.1f llm_open_max=%u rss_kb=%ld cpu_s=%.2f wall_s=%.2f\n",
+           o.scenario, o.sidekiq ? "sidekiq" : "tierone", o.turns, done, dup,
+           wall_s > 0 ? (double)n / wall_s : 0, n ? (double)lat[n / 2] / 1e6 : 0,
+           n ? (double)lat[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] / 1e6 : 0,
+           n ? (double)lat[n - 1] / 1e6 : 0, r.llm_open_max, hwm_kb, cpu_s, wall_s);
+    fflush(stdout);
+    if (!ok || done != o.turns || dup) { /* show why before the stack's directory goes */
+        char cmd[400];
+        snprintf(cmd, sizeof cmd, "grep -v '^/usr/' '%s/worker.log' | tail -n 12 | cut -c1-400 >&2",
+                 r.st.dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "bench_pipeline: no worker log\n");
+    }
+    free(lat);
+    free(r.turns);
+    test_stack_stop(&r.st);
+    return ok && done == o.turns && !dup ? 0 : 1;
+}
