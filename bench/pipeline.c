@@ -11,8 +11,9 @@
  * base, a Redis database, the real tierone-ingest and, as the worker, tierone-worker (or,
  * with --sidekiq, Ruby Sidekiq running bench/ruby_pipeline.rb: the same chain in Ruby).
  * Every turn is one customer question in its own pending conversation, posted to the shim
- * as a signed webhook; the fake model answers it citing the best passage, so every turn
- * ends in one reply. Debounce is 0 (the debounce is a deliberate wait, not work).
+ * as a signed webhook; the fake model (fake_llm_support_model) answers it citing the best
+ * passage, so every turn ends in one reply. Debounce is 0 (the debounce is a deliberate
+ * wait, not work).
  *
  * A turn's latency runs from the shim's 202 (the webhook is accepted) to the moment the
  * fake Chatwoot has read the reply's POST. Scenarios:
@@ -84,32 +85,6 @@ static void bp_sleep_until(unsigned long long ns)
 {
     struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
     clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
-}
-
-/* The fake model: answers the question citing the first passage the worker sent (the
- * last user message is an intro line, then a JSON document with "passages"). */
-static void bp_model(const json_t *request, struct fake_llm_reply *reply, void *arg)
-{
-    (void)arg;
-    json_t *msgs = json_object_get(request, "messages");
-    const char *user = json_string_value(
-        json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "content"));
-    const char *brace = user ? strchr(user, '{') : NULL;
-    json_t *doc = brace ? json_loads(brace, 0, NULL) : NULL;
-    json_t *passage = json_array_get(json_object_get(doc, "passages"), 0);
-    json_t *out;
-    if (!passage)
-        out = json_pack("{s:s, s:s, s:s, s:s, s:[]}", "action", "escalate", "answer", "", "reason",
-                        "no passage", "category", "question", "passage_ids");
-    else
-        out = json_pack("{s:s, s:s, s:s, s:s, s:[O]}", "action", "answer", "answer",
-                        "Use Forgot password? on the sign-in page; the link is valid 60 minutes.",
-                        "reason", "documented", "category", "question", "passage_ids",
-                        json_object_get(passage, "id"));
-    reply->content = json_dumps(out, JSON_COMPACT);
-    reply->free_content = 1;
-    json_decref(out);
-    json_decref(doc);
 }
 
 /* Post turn i's webhook (conversation i + 1); records its 202. Returns 0 or -1. */
@@ -278,7 +253,7 @@ int main(int argc, char **argv)
     struct bp_run r = {.nturns = o.warmup + o.turns};
     r.turns = calloc((size_t)r.nturns, sizeof *r.turns);
     test_stack_start(&r.st, &so);
-    fake_llm_set_handler(r.st.llm, bp_model, NULL);
+    fake_llm_set_handler(r.st.llm, fake_llm_support_model, NULL);
     for (long i = 0; i < r.nturns; i++)
         test_stack_conversation(&r.st, i + 1, "pending");
 

@@ -623,3 +623,31 @@ json_t *fake_llm_request_json(struct fake_llm *f, size_t i)
     const struct fake_http_request *r = fake_http_request_at(f->http, i);
     return r ? json_loadb(r->body, r->body_len, JSON_DECODE_ANY, NULL) : NULL;
 }
+
+void fake_llm_support_model(const json_t *request, struct fake_llm_reply *reply, void *arg)
+{
+    (void)arg;
+    json_t *msgs = json_object_get(request, "messages");
+    const char *user = json_string_value(
+        json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "content"));
+    const char *brace = user ? strchr(user, '{') : NULL; /* an intro line, then the JSON */
+    json_t *doc = brace ? json_loads(brace, 0, NULL) : NULL;
+    json_t *passage = json_array_get(json_object_get(doc, "passages"), 0);
+    const char *question = json_string_value(json_object_get(doc, "question"));
+    json_t *out;
+    if (question && strstr(question, "crash"))
+        out = json_pack("{s:s, s:s, s:s, s:s, s:[]}", "action", "escalate", "answer", "", "reason",
+                        "the customer reports a crash", "category", "bug", "passage_ids");
+    else if (!passage)
+        out = json_pack("{s:s, s:s, s:s, s:s, s:[]}", "action", "escalate", "answer", "", "reason",
+                        "no passage answers it", "category", "question", "passage_ids");
+    else
+        out = json_pack("{s:s, s:s, s:s, s:s, s:[O]}", "action", "answer", "answer",
+                        "Use Forgot password? on the sign-in page; the link is valid 60 minutes.",
+                        "reason", "documented", "category", "question", "passage_ids",
+                        json_object_get(passage, "id"));
+    reply->content = json_dumps(out, JSON_COMPACT);
+    reply->free_content = 1;
+    json_decref(out);
+    json_decref(doc);
+}

@@ -80,6 +80,13 @@ void fake_llm_push_reply(struct fake_llm *f, const struct fake_llm_reply *r);
 /* Use handler for chat requests when the queue is empty (NULL: the default answer). */
 void fake_llm_set_handler(struct fake_llm *f, fake_llm_handler handler, void *arg);
 
+/* A handler that plays a support model for tierone's Decide step: it reads the JSON
+ * document after the first '{' of the last user message ({"question", "passages": [{"id",
+ * ...}]}) and escalates a question that mentions a crash (category bug, reason "the
+ * customer reports a crash") or comes with no passage; it answers the rest citing the first
+ * passage. arg is unused. For fake_llm_set_handler. */
+void fake_llm_support_model(const json_t *request, struct fake_llm_reply *reply, void *arg);
+
 /* Requests received so far (all paths, rejected ones and faults included). */
 size_t fake_llm_count(struct fake_llm *f);
 /* Chat / embeddings requests answered with 200. */

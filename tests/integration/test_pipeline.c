@@ -307,38 +307,12 @@ Test(pipeline_shadow, every_effect_is_recorded_and_nothing_is_sent, .init = up_s
 
 /* ---- with an LLM ------------------------------------------------------------------------ */
 
-/* The fake model: reads the passages the worker sent (one JSON document in the last user
- * message), escalates what mentions a crash as a bug, answers the rest citing the best
- * passage. */
-static void model(const json_t *request, struct fake_llm_reply *reply, void *arg)
-{
-    (void)arg;
-    json_t *msgs = json_object_get(request, "messages");
-    const char *user = json_string_value(
-        json_object_get(json_array_get(msgs, json_array_size(msgs) - 1), "content"));
-    const char *brace = user ? strchr(user, '{') : NULL; /* an intro line, then the JSON */
-    json_t *doc = brace ? json_loads(brace, 0, NULL) : NULL;
-    json_t *passage = json_array_get(json_object_get(doc, "passages"), 0);
-    const char *question = json_string_value(json_object_get(doc, "question"));
-    json_t *out;
-    if (!passage || (question && strstr(question, "crash")))
-        out = json_pack("{s:s, s:s, s:s, s:s, s:[]}", "action", "escalate", "answer", "", "reason",
-                        "the customer reports a crash", "category", "bug", "passage_ids");
-    else
-        out = json_pack("{s:s, s:s, s:s, s:s, s:[O]}", "action", "answer", "answer",
-                        "Use Forgot password? on the sign-in page; the link is valid 60 minutes.",
-                        "reason", "documented", "category", "question", "passage_ids",
-                        json_object_get(passage, "id"));
-    reply->content = json_dumps(out, JSON_COMPACT);
-    reply->free_content = 1;
-    json_decref(out);
-    json_decref(doc);
-}
-
+/* The fake model (fake_llm_support_model) escalates what mentions a crash as a bug and
+ * answers the rest citing the best passage. */
 static void up_llm(void)
 {
     up(1, 0);
-    fake_llm_set_handler(st.llm, model, NULL);
+    fake_llm_set_handler(st.llm, fake_llm_support_model, NULL);
 }
 
 TestSuite(pipeline_llm, .init = up_llm, .fini = down, .timeout = 180);
