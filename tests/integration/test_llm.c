@@ -559,6 +559,53 @@ Test(llm, fake_handler_answers_when_queue_is_empty)
     t_finish();
 }
 
+/* --- asking again ------------------------------------------------------------------------ */
+
+/* The first answer's callback asks again (llm_chat_again) and records the second answer. */
+struct again {
+    int first_calls, again_rc;
+    struct chat_seen second;
+};
+
+static void on_first_then_again(struct job_error *err, const struct llm_chat_result *res, void *arg)
+{
+    struct again *a = arg;
+    a->first_calls++;
+    cr_assert_null(err);
+    a->again_rc = llm_chat_again(res, "jid-again", on_chat, &a->second);
+}
+
+Test(llm, chat_again_sends_the_same_request_once_more)
+{
+    t_start(NULL, t_opts());
+    fake_llm_push_reply(T.fake, &(struct fake_llm_reply){.content = "not json"});
+    fake_llm_push_reply(T.fake, &(struct fake_llm_reply){.content = "{\"action\":\"answer\"}"});
+    struct llm_chat_request req = schema_req();
+    struct again a = {0};
+    cr_assert_eq(llm_chat(T.llm, "jid-first", &req, on_first_then_again, &a), 0);
+    run_until(&a.second.calls);
+    cr_assert_eq(a.first_calls, 1);
+    cr_assert_eq(a.again_rc, 0);
+    cr_assert_eq(a.second.calls, 1);
+    cr_assert_null(a.second.err);
+    cr_assert_str_eq(json_string_value(json_object_get(a.second.json, "action")), "answer");
+    /* Byte for byte the same body, sent twice. */
+    cr_assert_eq(fake_llm_count(T.fake), 2);
+    const struct fake_http_request *r0 = fake_llm_request(T.fake, 0),
+                                   *r1 = fake_llm_request(T.fake, 1);
+    cr_assert(r0 && r1);
+    cr_assert_eq(r0->body_len, r1->body_len);
+    cr_assert_eq(memcmp(r0->body, r1->body, r0->body_len), 0, "the second body differs");
+    chat_seen_free(&a.second);
+    /* Without a request to repeat, nothing is sent and the callback never runs. */
+    struct llm_chat_result none = {0};
+    struct chat_seen never = {0};
+    cr_assert_eq(llm_chat_again(&none, "jid-none", on_chat, &never), -1);
+    cr_assert_eq(llm_chat_again(NULL, "jid-none", on_chat, &never), -1);
+    cr_assert_eq(never.calls, 0);
+    t_finish();
+}
+
 /* --- unusable answers ------------------------------------------------------------------ */
 
 static void expect_unusable(const struct fake_llm_reply *r, enum llm_unusable why, const char *text)
