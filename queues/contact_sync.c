@@ -184,6 +184,13 @@ static void cs_stop(struct cs_job *j, struct job_error *err)
     }
 }
 
+/* cs_stop, then let the pump see it (end the pass or wait for the rows in flight). */
+static void cs_fail(struct cs_job *j, struct job_error *err)
+{
+    cs_stop(j, err);
+    cs_pump(j);
+}
+
 static void cs_free_rows(struct cs_job *j)
 {
     for (size_t i = 0; i < j->nrows; i++) {
@@ -485,8 +492,7 @@ static void cs_defer(struct cs_row *r, struct job_error *err)
     j->deferred[j->ndeferred++] = (size_t)(r - j->rows);
     j->inflight--;
     if (wait > CS_PAUSE_MAX_S) {
-        cs_stop(j, err);
-        cs_pump(j);
+        cs_fail(j, err);
         return;
     }
     job_error_free(err);
@@ -696,8 +702,7 @@ static void cs_on_links(const struct pg_result *res, void *arg)
 {
     struct cs_job *j = arg;
     if (!pg_result_ok(res)) {
-        cs_stop(j, pg_result_job_error(res, "contact sync: reading contact_links"));
-        cs_pump(j);
+        cs_fail(j, pg_result_job_error(res, "contact sync: reading contact_links"));
         return;
     }
     for (int i = 0; i < pg_result_nrows(res); i++) {
@@ -736,8 +741,7 @@ static void cs_read_links(struct cs_job *j)
     int rc = pg_query(j->p->pg, sql, 2, params, cs_on_links, j);
     free(text);
     if (rc != 0) {
-        cs_stop(j, pg_pool_closing_error("contact sync"));
-        cs_pump(j);
+        cs_fail(j, pg_pool_closing_error("contact sync"));
     }
 }
 
@@ -751,8 +755,7 @@ static void cs_on_page(const struct pg_result *res, void *arg)
 {
     struct cs_job *j = arg;
     if (!pg_result_ok(res)) {
-        cs_stop(j, pg_result_job_error(res, "contact sync: the contact query"));
-        cs_pump(j);
+        cs_fail(j, pg_result_job_error(res, "contact sync: the contact query"));
         return;
     }
     if (j->stop) {
@@ -788,8 +791,7 @@ static void cs_next_page(struct cs_job *j)
     const char *params[2] = {j->since, j->after ? j->after : ""};
     const char *const *pp = s->uses_since ? params : params + 1;
     if (pg_query(cs_source(s), s->page_sql, s->uses_since ? 2 : 1, pp, cs_on_page, j) != 0) {
-        cs_stop(j, pg_pool_closing_error("contact sync source"));
-        cs_pump(j);
+        cs_fail(j, pg_pool_closing_error("contact sync source"));
     }
 }
 
@@ -797,8 +799,7 @@ static void cs_on_missing(const struct pg_result *res, void *arg)
 {
     struct cs_job *j = arg;
     if (!pg_result_ok(res)) {
-        cs_stop(j, pg_result_job_error(res, "contact sync: the contact query"));
-        cs_pump(j);
+        cs_fail(j, pg_result_job_error(res, "contact sync: the contact query"));
         return;
     }
     if (j->stop) {
@@ -820,9 +821,8 @@ static void cs_on_run(const struct pg_result *res, void *arg)
 {
     struct cs_job *j = arg;
     if (!pg_result_ok(res) || pg_result_nrows(res) != 1) {
-        cs_stop(j, pg_result_ok(res) ? cs_error(JOB_ERR_RETRY, CS_ERR_CLASS, "no run row")
+        cs_fail(j, pg_result_ok(res) ? cs_error(JOB_ERR_RETRY, CS_ERR_CLASS, "no run row")
                                      : pg_result_job_error(res, "contact sync: starting a run"));
-        cs_pump(j);
         return;
     }
     snprintf(j->run_id, sizeof j->run_id, "%s", pg_result_value(res, 0, 0));
@@ -836,8 +836,7 @@ static void cs_on_run(const struct pg_result *res, void *arg)
     const char *params[] = {j->since};
     if (pg_query(cs_source(s), s->missing_sql, s->uses_since ? 1 : 0, params, cs_on_missing, j) !=
         0) {
-        cs_stop(j, pg_pool_closing_error("contact sync source"));
-        cs_pump(j);
+        cs_fail(j, pg_pool_closing_error("contact sync source"));
     }
 }
 
@@ -853,8 +852,7 @@ static void cs_start_run(struct cs_job *j)
     const char *params[] = {j->account, j->full ? "full" : "delta", j->jid,
                             j->shadow ? "true" : "false"};
     if (pg_query(j->p->pg, sql, 4, params, cs_on_run, j) != 0) {
-        cs_stop(j, pg_pool_closing_error("contact sync"));
-        cs_pump(j);
+        cs_fail(j, pg_pool_closing_error("contact sync"));
     }
 }
 
@@ -862,8 +860,7 @@ static void cs_on_locked(const struct pg_result *res, void *arg)
 {
     struct cs_job *j = arg;
     if (!pg_result_ok(res)) {
-        cs_stop(j, pg_result_job_error(res, "contact sync: taking the lock"));
-        cs_pump(j);
+        cs_fail(j, pg_result_job_error(res, "contact sync: taking the lock"));
         return;
     }
     const char *got = pg_result_value(res, 0, 0);
@@ -890,15 +887,13 @@ static void cs_on_conn(struct pg_conn *conn, const struct pg_result *err, void *
     static const char sql[] =
         "SELECT pg_try_advisory_lock(hashtext('tierone:contact_sync'), $1::int)";
     if (!conn) {
-        cs_stop(j, pg_result_job_error(err, "contact sync: a connection for the lock"));
-        cs_pump(j);
+        cs_fail(j, pg_result_job_error(err, "contact sync: a connection for the lock"));
         return;
     }
     j->lock_conn = conn;
     const char *params[] = {j->account};
     if (pg_conn_query(conn, sql, 1, params, cs_on_locked, j) != 0) {
-        cs_stop(j, pg_pool_closing_error("contact sync"));
-        cs_pump(j);
+        cs_fail(j, pg_pool_closing_error("contact sync"));
     }
 }
 
@@ -941,8 +936,7 @@ static void cs_perform(struct job_ctx *ctx)
     snprintf(j->account, sizeof j->account, "%lld", p->cfg->contact_sync_account);
     job_ctx_set_state(ctx, j);
     if (pg_pool_acquire(p->pg, cs_on_conn, j) != 0) {
-        cs_stop(j, pg_pool_closing_error("contact sync"));
-        cs_pump(j);
+        cs_fail(j, pg_pool_closing_error("contact sync"));
     }
 }
 
