@@ -46,7 +46,6 @@
 #include "turn.h"
 #include "xalloc.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,18 +192,14 @@ struct decide {
     int attempts;
 };
 
-/* The schema of every Decide call, built once (decide_prompt_schema), never freed. */
+/* The schema of every Decide call: built on first use (decide_prompt_schema), kept for the
+ * process's life. The worker's loop is one thread. */
 static json_t *decide_schema_shared;
-static pthread_once_t decide_schema_once = PTHREAD_ONCE_INIT;
-
-static void decide_schema_init(void)
-{
-    decide_schema_shared = decide_prompt_schema();
-}
 
 static json_t *decide_schema(void)
 {
-    pthread_once(&decide_schema_once, decide_schema_init);
+    if (!decide_schema_shared)
+        decide_schema_shared = decide_prompt_schema();
     return decide_schema_shared;
 }
 
