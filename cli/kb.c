@@ -146,6 +146,7 @@ static void kb_close(struct kb_cli *c)
         http_done = 0;
         http_client_close(c->http, kb_on_http_closed, &http_done);
     }
+    kb_search_forget_stats(c->pool);
     pg_pool_close(c->pool, kb_on_pool_closed, &pool_done);
     kb_wait(c, &pool_done);
     kb_wait(c, &http_done);
@@ -795,40 +796,43 @@ static void kb_on_explain(const struct pg_result *r, void *arg)
         puts(pg_result_value(r, i, 0));
 }
 
-struct kb_row_wait {
+struct kb_terms_wait {
     int done;
-    char *v[5];
+    char *v[5]; /* id, ts_config, any, rare, two */
     char *err;
 };
 
-static void kb_on_row(const struct pg_result *r, void *arg)
+static void kb_on_terms(const char *err, const struct kb_terms *t, void *arg)
 {
-    struct kb_row_wait *w = arg;
+    struct kb_terms_wait *w = arg;
     w->done = 1;
-    if (!pg_result_ok(r) || pg_result_nrows(r) != 1) {
-        w->err = xstrdup(pg_result_ok(r) ? "no such knowledge base" : pg_result_message(r));
+    if (err || !t) {
+        w->err = xstrdup(err ? err : "kb search: no such knowledge base");
         return;
     }
+    const char *v[] = {t->kb_id, t->ts_config, t->any, t->rare, t->two};
     for (int i = 0; i < 5; i++)
-        w->v[i] = xstrdup(pg_result_value(r, 0, i));
+        w->v[i] = v[i] ? xstrdup(v[i]) : NULL;
 }
 
-/* Print the plans of the two statements of a search for this question (EXPLAIN ANALYZE). */
+/* Print the plans of the two statements a search runs for this question (EXPLAIN
+ * ANALYZE): the per-question lookup, then the full-text statement with the terms
+ * kb_search_terms computed (the lexeme statistics it read, if any, are not shown). */
 static void kb_explain(struct kb_cli *c, const char *question, size_t k)
 {
     char *any = NULL, *neg = NULL;
     kb_search_any_words(question, &any, &neg);
     const char *lp[] = {c->kb, any};
-    struct kb_row_wait l = {0};
-    if (pg_query(c->pool, kb_search_lookup_sql(), 2, lp, kb_on_row, &l) == 0)
+    struct kb_terms_wait l = {0};
+    if (kb_search_terms(c->pool, c->kb, question, kb_on_terms, &l) == 0)
         kb_wait(c, &l.done);
     struct kb_explain_wait w = {0};
-    char *lsql = xasprintf("EXPLAIN (ANALYZE, BUFFERS) %s", kb_search_lookup_sql());
+    char *lsql = xasprintf("EXPLAIN (ANALYZE, BUFFERS) %s", kb_search_question_sql());
     if (!l.err && pg_query(c->pool, lsql, 2, lp, kb_on_explain, &w) == 0)
         kb_wait(c, &w.done);
     free(lsql);
     if (l.err) {
-        fprintf(stderr, "kb search: %s\n", l.err);
+        fprintf(stderr, "%s\n", l.err);
     } else {
         char *sql = xasprintf("EXPLAIN (ANALYZE, BUFFERS) %s", kb_search_fulltext_sql());
         char *kstr = xasprintf("%zu", k);

@@ -4,6 +4,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "kb_doc.h"
+#include "kb_search.h"
 #include "kb_store.h"
 #include "log.h"
 #include "xalloc.h"
@@ -326,6 +327,7 @@ static void kb_run_on_maintained(const char *err, long long cleaned, void *arg)
         log_warn("kb ingest: %s (searches may be slower until autovacuum runs)", err);
     else
         log_debug("kb ingest: %lld GIN pending-list pages cleaned", cleaned);
+    kb_search_forget_stats(g->o.pool); /* ANALYZE ran: searches read the new statistics */
     kb_run_close(g);
 }
 

@@ -3,6 +3,7 @@
 #include "kb_search.h"
 
 #include "buf.h"
+#include "clock.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -67,7 +68,10 @@ static const char FULLTEXT_SQL[] =
     "  coalesce(ts_rank_cd(c.tsv, q.qor, 32), 0)::float8 AS dens) s"
     " ORDER BY score DESC, c.id LIMIT $6::int";
 
-/* $1 knowledge base name, $2 the question's any-word text ("a or b or c"). Returns the
+/* The statement kb_search ran for every question until the lexeme statistics were cached
+ * (see "question terms" below). kb_search no longer sends it: it computes the same three
+ * texts in C from QUESTION_SQL and the cached STATS_SQL; kept for kb_search_lookup_sql.
+ * $1 knowledge base name, $2 the question's any-word text ("a or b or c"). Returns the
  * knowledge base's id and text search configuration, then three tsquery texts made of the
  * question's lexemes. Each lexeme's row estimate is its frequency (the share of all
  * chunks that contain it, from ANALYZE's pg_stats.most_common_elems of kb_chunks.tsv; 0
@@ -106,6 +110,30 @@ static const char KB_LOOKUP_SQL[] =
     "   WHERE greatest(a.freq, b.freq) * n.n <= greatest(2000, 0.1 * n.n))"
     " FROM kb";
 
+/* Per question: $1 knowledge base name, $2 the question's any-word text. The knowledge
+ * base (looked up every time, so a dropped or recreated one is never stale), the
+ * question's lexemes as a tsquery text (NULL when $2 is NULL), and the oid of kb_chunks:
+ * the cached statistics are of one table, and another oid (another database behind a
+ * pool at a reused address, a recreated table) makes them unusable. */
+static const char QUESTION_SQL[] =
+    "SELECT id, ts_config::text, websearch_to_tsquery(ts_config, $2)::text,"
+    " 'kb_chunks'::regclass::oid::text"
+    " FROM knowledge_bases WHERE name = $1";
+
+/* The lexeme statistics (cached per pool): one row per element of
+ * pg_stats.most_common_elems of kb_chunks.tsv (lexeme, frequency), each with the table's
+ * oid and rows (pg_class.reltuples: -1 before the first ANALYZE, clamped to 0); a single
+ * row with NULL lexeme and frequency when there are no statistics. most_common_elem_freqs
+ * has three more entries than most_common_elems (min, max, null frequency): unnest pads
+ * their lexemes with NULL, and they are left out. */
+static const char STATS_SQL[] =
+    "SELECT c.oid::text, greatest(c.reltuples, 0), e.l, e.f FROM pg_class c"
+    " LEFT JOIN LATERAL (SELECT u.l, u.f FROM pg_stats s,"
+    "  unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS u(l, f)"
+    "  WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks'"
+    "   AND s.attname = 'tsv' AND u.l IS NOT NULL) e ON true"
+    " WHERE c.oid = 'kb_chunks'::regclass";
+
 /* The vector ranking: only issued when the embedding_vec column exists. Chunks embedded
  * with another dimension (a model change) are skipped rather than failing the query.
  * $1 knowledge base id, $2 limit, $3 the question's vector, $4 its dimension. */
@@ -125,6 +153,16 @@ const char *kb_search_fulltext_sql(void)
 const char *kb_search_lookup_sql(void)
 {
     return KB_LOOKUP_SQL;
+}
+
+const char *kb_search_question_sql(void)
+{
+    return QUESTION_SQL;
+}
+
+const char *kb_search_stats_sql(void)
+{
+    return STATS_SQL;
 }
 
 /* ---- reciprocal rank fusion ---------------------------------------------------------- */
@@ -173,7 +211,7 @@ size_t kb_rrf_fuse(const long long *a, size_t na, const long long *b, size_t nb,
     return n;
 }
 
-/* ---- search -------------------------------------------------------------------------- */
+/* ---- the question's words ----------------------------------------------------------- */
 
 void kb_search_any_words(const char *question, char **any, char **neg)
 {
@@ -234,6 +272,431 @@ char *kb_search_and_text(const char *question)
     return out;
 }
 
+/* ---- question terms: the lexeme statistics cache ------------------------------------- */
+
+/* One lexeme of the statistics. key is the lexeme as quote_literal writes it, the form the
+ * old statement compared the question's tokens against: 'it''s' (a lexeme with a
+ * backslash becomes E'...' and so, as before, never matches a token). */
+struct kb_lexeme {
+    char *key;
+    float freq;
+};
+
+/* The statistics of one read, immutable once built; shared by the cache entry and a
+ * refresh completing its waiters (refs). v sorted by key (strcmp). */
+struct kb_lexstats {
+    unsigned refs;
+    float rows; /* pg_class.reltuples, >= 0: a float4, like the old statement's arithmetic */
+    size_t n;
+    struct kb_lexeme *v;
+};
+
+/* A kb_search_terms call. */
+struct kb_terms_req {
+    struct pg_pool *pool;
+    kb_terms_cb cb;
+    void *arg;
+    char *kb_id, *ts_config, *tsquery; /* from QUESTION_SQL; tsquery may be NULL */
+    struct kb_terms_req *next;         /* in the waiters of a refresh */
+};
+
+/* The cache of one pool. The state is process-wide and unlocked: tierone runs every pool on
+ * one thread's loop. */
+struct kb_stats_entry {
+    struct pg_pool *pool;
+    struct kb_lexstats *stats; /* NULL until a refresh succeeds */
+    char *oid;                 /* of the kb_chunks stats was read from */
+    uint64_t loaded_ms;        /* when the refresh that read stats was issued */
+    uint64_t refresh_ms;       /* when the refresh in flight was issued */
+    uint64_t used;             /* tick of the last use, for eviction */
+    int refreshing;            /* a STATS_SQL in flight (its callback owns a reference) */
+    int forgotten;             /* unlinked while refreshing: the callback frees it */
+    struct kb_terms_req *waiters, **waiters_tail;
+    struct kb_stats_entry *next;
+};
+
+static struct kb_stats_entry *kb_stats_entries;
+static uint64_t kb_stats_ttl_ms = 60000;
+static uint64_t kb_stats_refreshes_total;
+static uint64_t kb_stats_tick;
+
+void kb_search_set_stats_ttl(uint64_t ms)
+{
+    kb_stats_ttl_ms = ms;
+}
+
+uint64_t kb_search_stats_refreshes(void)
+{
+    return kb_stats_refreshes_total;
+}
+
+static void kb_lexstats_unref(struct kb_lexstats *st)
+{
+    if (!st || --st->refs > 0)
+        return;
+    for (size_t i = 0; i < st->n; i++)
+        free(st->v[i].key);
+    free(st->v);
+    free(st);
+}
+
+static void kb_terms_req_free(struct kb_terms_req *t)
+{
+    free(t->kb_id);
+    free(t->ts_config);
+    free(t->tsquery);
+    free(t);
+}
+
+static void kb_stats_entry_free(struct kb_stats_entry *e)
+{
+    kb_lexstats_unref(e->stats);
+    free(e->oid);
+    free(e);
+}
+
+/* Unlink e; free it now, or when its refresh completes. */
+static void kb_stats_entry_drop(struct kb_stats_entry *e)
+{
+    for (struct kb_stats_entry **pp = &kb_stats_entries; *pp; pp = &(*pp)->next) {
+        if (*pp == e) {
+            *pp = e->next;
+            break;
+        }
+    }
+    e->next = NULL;
+    if (e->refreshing)
+        e->forgotten = 1;
+    else
+        kb_stats_entry_free(e);
+}
+
+void kb_search_forget_stats(struct pg_pool *pool)
+{
+    struct kb_stats_entry *e = kb_stats_entries;
+    while (e) {
+        struct kb_stats_entry *next = e->next;
+        if (!pool || e->pool == pool)
+            kb_stats_entry_drop(e);
+        e = next;
+    }
+}
+
+static struct kb_stats_entry *kb_stats_entry_for(struct pg_pool *pool)
+{
+    size_t n = 0;
+    struct kb_stats_entry *lru = NULL;
+    for (struct kb_stats_entry *e = kb_stats_entries; e; e = e->next) {
+        if (e->pool == pool) {
+            e->used = ++kb_stats_tick;
+            return e;
+        }
+        n++;
+        if (!e->refreshing && (!lru || e->used < lru->used))
+            lru = e;
+    }
+    if (n >= KB_SEARCH_STATS_POOLS && lru)
+        kb_stats_entry_drop(lru);
+    struct kb_stats_entry *e = xcalloc(1, sizeof(*e));
+    e->pool = pool;
+    e->used = ++kb_stats_tick;
+    e->waiters_tail = &e->waiters;
+    e->next = kb_stats_entries;
+    kb_stats_entries = e;
+    return e;
+}
+
+/* quote_literal(s) of PostgreSQL: quotes doubled; with a backslash, backslashes doubled
+ * too and an E prefix. New string. */
+static char *kb_quote_literal(const char *s)
+{
+    struct buf b = BUF_INIT;
+    if (strchr(s, '\\'))
+        buf_puts(&b, "E");
+    buf_puts(&b, "'");
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'' || *p == '\\')
+            buf_append(&b, p, 1);
+        buf_append(&b, p, 1);
+    }
+    buf_puts(&b, "'");
+    char *out = buf_steal(&b);
+    buf_free(&b);
+    return out;
+}
+
+static int kb_lexeme_cmp(const void *pa, const void *pb)
+{
+    const struct kb_lexeme *a = pa, *b = pb;
+    return strcmp(a->key, b->key);
+}
+
+static struct kb_lexstats *kb_lexstats_from(const struct pg_result *r)
+{
+    struct kb_lexstats *st = xcalloc(1, sizeof(*st));
+    st->refs = 1;
+    int nrows = pg_result_nrows(r);
+    st->v = xcalloc(nrows > 0 ? (size_t)nrows : 1, sizeof(*st->v));
+    const char *rows = pg_result_value(r, 0, 1);
+    st->rows = rows ? strtof(rows, NULL) : 0;
+    for (int i = 0; i < nrows; i++) {
+        const char *l = pg_result_value(r, i, 2), *f = pg_result_value(r, i, 3);
+        if (!l || !f)
+            continue;
+        st->v[st->n].key = kb_quote_literal(l);
+        st->v[st->n].freq = strtof(f, NULL);
+        st->n++;
+    }
+    qsort(st->v, st->n, sizeof(*st->v), kb_lexeme_cmp);
+    return st;
+}
+
+static float kb_lexstats_freq(const struct kb_lexstats *st, const char *tok)
+{
+    struct kb_lexeme key = {.key = (char *)tok};
+    const struct kb_lexeme *hit = bsearch(&key, st->v, st->n, sizeof(*st->v), kb_lexeme_cmp);
+    return hit ? hit->freq : 0;
+}
+
+struct kb_tok {
+    char *tok; /* quoted, as in the tsquery text: 'it''s' */
+    float freq;
+};
+
+static int kb_tok_cmp_text(const void *pa, const void *pb)
+{
+    return strcmp(((const struct kb_tok *)pa)->tok, ((const struct kb_tok *)pb)->tok);
+}
+
+static int kb_tok_cmp_freq(const void *pa, const void *pb)
+{
+    const struct kb_tok *a = pa, *b = pb;
+    if (a->freq != b->freq)
+        return a->freq < b->freq ? -1 : 1;
+    return strcmp(a->tok, b->tok);
+}
+
+/* The quoted tokens of a tsquery text, as the old statement's regexp_matches(tsquery,
+ * '(?:[^']|'')*', 'g') found them: every lexeme is written '...' with quotes doubled. */
+static struct kb_tok *kb_tokens(const char *q, size_t *n)
+{
+    size_t cap = 8;
+    struct kb_tok *v = xcalloc(cap, sizeof(*v));
+    *n = 0;
+    const char *p = q ? strchr(q, '\'') : NULL;
+    while (p) {
+        const char *e = p + 1;
+        for (;;) {
+            if (*e == '\0' || (*e == '\'' && e[1] != '\''))
+                break;
+            e += *e == '\'' ? 2 : 1;
+        }
+        if (*e != '\'') /* unterminated: not a token (never in a tsquery's text) */
+            break;
+        if (*n == cap) {
+            cap *= 2;
+            v = xrealloc(v, cap * sizeof(*v));
+        }
+        v[(*n)++].tok = xstrndup(p, (size_t)(e - p + 1));
+        p = strchr(e + 1, '\'');
+    }
+    return v;
+}
+
+/* The three texts of KB_LOOKUP_SQL from the question's tsquery text and the statistics
+ * (see there). Each new string, or NULL where the statement gives NULL. The arithmetic is
+ * the statement's: frequencies, their running sum and its product with the rows are
+ * float4 (real); the comparisons are in float8. Ties of equal frequency are ordered by
+ * strcmp where the statement used the database's collation on text (they differ only in
+ * which of several equally frequent lexemes falls on the rare-word cutoff, and the order
+ * of the lexemes written in a pair: the same under the C collation). */
+static void kb_terms_compute(const char *tsquery, const struct kb_lexstats *st, char **any,
+                             char **rare, char **two)
+{
+    size_t n = 0;
+    struct kb_tok *v = kb_tokens(tsquery, &n);
+    /* DISTINCT, in strcmp order. */
+    qsort(v, n, sizeof(*v), kb_tok_cmp_text);
+    size_t u = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (u && strcmp(v[u - 1].tok, v[i].tok) == 0) {
+            free(v[i].tok);
+            continue;
+        }
+        v[u] = v[i];
+        v[u].freq = kb_lexstats_freq(st, v[u].tok);
+        u++;
+    }
+    n = u;
+    struct buf a = BUF_INIT, r = BUF_INIT, t = BUF_INIT;
+    /* two-word: a pair qualifies when the more frequent of the two does, and a float4
+     * product is monotonic in the frequency. */
+    double limit = 0.1 * (double)st->rows > 2000 ? 0.1 * (double)st->rows : 2000;
+    for (size_t i = 0; i < n; i++) {
+        if (a.len)
+            buf_puts(&a, " | ");
+        buf_puts(&a, v[i].tok);
+        float pi = v[i].freq * st->rows;
+        if ((double)pi > limit)
+            continue;
+        for (size_t j = i + 1; j < n; j++) {
+            float pj = v[j].freq * st->rows;
+            if ((double)pj > limit)
+                continue;
+            buf_printf(&t, "%s(%s & %s)", t.len ? " | " : "", v[i].tok, v[j].tok);
+        }
+    }
+    /* rare-word: by (frequency, token), while the running sum of estimates is <= 2000, at
+     * least the first. */
+    qsort(v, n, sizeof(*v), kb_tok_cmp_freq);
+    float cum = 0;
+    for (size_t i = 0; i < n; i++) {
+        cum += v[i].freq;
+        float est = cum * st->rows;
+        if ((double)est <= 2000 || i == 0)
+            buf_printf(&r, "%s%s", r.len ? " | " : "", v[i].tok);
+    }
+    *any = a.len ? buf_steal(&a) : NULL;
+    *rare = r.len ? buf_steal(&r) : NULL;
+    *two = t.len ? buf_steal(&t) : NULL;
+    buf_free(&a);
+    buf_free(&r);
+    buf_free(&t);
+    for (size_t i = 0; i < n; i++)
+        free(v[i].tok);
+    free(v);
+}
+
+/* Complete t with the terms computed from st (NULL: with the error err), and free it. */
+static void kb_terms_deliver(struct kb_terms_req *t, const struct kb_lexstats *st, const char *err)
+{
+    if (err) {
+        t->cb(err, NULL, t->arg);
+    } else {
+        struct kb_terms out = {.kb_id = t->kb_id, .ts_config = t->ts_config};
+        char *any, *rare, *two;
+        kb_terms_compute(t->tsquery, st, &any, &rare, &two);
+        out.any = any;
+        out.rare = rare;
+        out.two = two;
+        t->cb(NULL, &out, t->arg);
+        free(any);
+        free(rare);
+        free(two);
+    }
+    kb_terms_req_free(t);
+}
+
+static void kb_stats_on_result(const struct pg_result *r, void *arg)
+{
+    struct kb_stats_entry *e = arg;
+    struct kb_terms_req *w = e->waiters;
+    e->waiters = NULL;
+    e->waiters_tail = &e->waiters;
+    e->refreshing = 0;
+    struct kb_lexstats *st = NULL;
+    char *err = NULL;
+    if (!pg_result_ok(r)) {
+        err = xasprintf("kb search: %s", pg_result_message(r));
+        if (!w) /* a refresh for age: the old statistics stay, the next search retries */
+            log_warn("kb search: refreshing the lexeme statistics: %s", pg_result_message(r));
+    } else if (pg_result_nrows(r) == 0) { /* cannot happen: the oid was just resolved */
+        err = xstrdup("kb search: no statistics row for kb_chunks");
+    } else {
+        st = kb_lexstats_from(r);
+        kb_lexstats_unref(e->stats);
+        e->stats = st;
+        st->refs++; /* ours, for the waiters below */
+        free(e->oid);
+        e->oid = xstrdup(pg_result_value(r, 0, 0));
+        e->loaded_ms = e->refresh_ms;
+    }
+    if (e->forgotten)
+        kb_stats_entry_free(e);
+    /* e may be gone from here on (forgotten above, or by a callback). */
+    while (w) {
+        struct kb_terms_req *next = w->next;
+        kb_terms_deliver(w, st, err);
+        w = next;
+    }
+    kb_lexstats_unref(st);
+    free(err);
+}
+
+/* Issue the statistics statement for e. Returns 0 or -1 (pool closing). */
+static int kb_stats_refresh(struct kb_stats_entry *e)
+{
+    if (pg_query(e->pool, STATS_SQL, 0, NULL, kb_stats_on_result, e) != 0)
+        return -1;
+    e->refreshing = 1;
+    e->refresh_ms = clock_mono_ms();
+    kb_stats_refreshes_total++;
+    return 0;
+}
+
+static void kb_terms_on_question(const struct pg_result *r, void *arg)
+{
+    struct kb_terms_req *t = arg;
+    if (!pg_result_ok(r)) {
+        char *why = xasprintf("kb search: %s", pg_result_message(r));
+        kb_terms_deliver(t, NULL, why);
+        free(why);
+        return;
+    }
+    if (pg_result_nrows(r) == 0) { /* no such knowledge base */
+        t->cb(NULL, NULL, t->arg);
+        kb_terms_req_free(t);
+        return;
+    }
+    t->kb_id = xstrdup(pg_result_value(r, 0, 0));
+    t->ts_config = xstrdup(pg_result_value(r, 0, 1));
+    const char *q = pg_result_value(r, 0, 2);
+    t->tsquery = q ? xstrdup(q) : NULL;
+    const char *oid = pg_result_value(r, 0, 3);
+    struct kb_stats_entry *e = kb_stats_entry_for(t->pool);
+    if (e->stats && oid && strcmp(e->oid, oid) == 0 && kb_stats_ttl_ms > 0) {
+        /* Present and of this table: used as they are, also while a refresh for age is in
+         * flight (or starts here), so no search waits once the cache is warm. */
+        if (!e->refreshing && clock_mono_ms() - e->loaded_ms >= kb_stats_ttl_ms &&
+            kb_stats_refresh(e) != 0)
+            log_warn("kb search: cannot refresh the lexeme statistics: the pool is closing");
+        kb_terms_deliver(t, e->stats, NULL);
+        return;
+    }
+    /* Missing, of another table, or a TTL of 0: wait for a refresh (one at a time). */
+    if (!e->refreshing && kb_stats_refresh(e) != 0) {
+        kb_terms_deliver(t, NULL, "kb search: the pool is closing");
+        return;
+    }
+    t->next = NULL;
+    *e->waiters_tail = t;
+    e->waiters_tail = &t->next;
+}
+
+int kb_search_terms(struct pg_pool *pool, const char *kb, const char *question, kb_terms_cb cb,
+                    void *arg)
+{
+    if (!pool || !kb || !question || !cb)
+        return -1;
+    struct kb_terms_req *t = xcalloc(1, sizeof(*t));
+    t->pool = pool;
+    t->cb = cb;
+    t->arg = arg;
+    char *any = NULL, *neg = NULL;
+    kb_search_any_words(question, &any, &neg);
+    const char *params[] = {kb, any};
+    int rc = pg_query(pool, QUESTION_SQL, 2, params, kb_terms_on_question, t);
+    free(any);
+    free(neg);
+    if (rc != 0) {
+        kb_terms_req_free(t);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- search -------------------------------------------------------------------------- */
+
 struct kb_row {
     long long id;
     char *source, *title, *heading_path, *content;
@@ -246,7 +709,6 @@ struct kb_search {
     void *arg;
     size_t k;
     double min_score;
-    char *kb;
     char *question;
     char *limit; /* k, or the candidate count when fusing */
     char *vec_text;
@@ -271,7 +733,6 @@ static void kb_rows_free(struct kb_row *rows, size_t n)
 
 static void kb_search_free(struct kb_search *s)
 {
-    free(s->kb);
     free(s->question);
     free(s->limit);
     free(s->vec_text);
@@ -401,30 +862,25 @@ static void kb_search_on_fts(const struct pg_result *r, void *arg)
         kb_search_fail(s, NULL);
 }
 
-static void kb_search_on_kb(const struct pg_result *r, void *arg)
+static void kb_search_on_terms(const char *err, const struct kb_terms *t, void *arg)
 {
     struct kb_search *s = arg;
-    if (!pg_result_ok(r)) {
-        kb_search_fail(s, r);
+    if (err) {
+        s->cb(err, NULL, 0, s->arg);
+        kb_search_free(s);
         return;
     }
-    if (pg_result_nrows(r) == 0) { /* no such knowledge base: nothing found */
+    if (!t) { /* no such knowledge base: nothing found */
         s->cb(NULL, NULL, 0, s->arg);
         kb_search_free(s);
         return;
     }
-    s->kb_id = xstrdup(pg_result_value(r, 0, 0));
+    s->kb_id = xstrdup(t->kb_id);
     char *any = NULL, *neg = NULL;
     kb_search_any_words(s->question, &any, &neg);
     char *and_text = kb_search_and_text(s->question);
-    const char *params[] = {s->kb_id,
-                            pg_result_value(r, 0, 1),
-                            and_text,
-                            pg_result_value(r, 0, 2),
-                            neg,
-                            s->limit,
-                            pg_result_value(r, 0, 3),
-                            pg_result_value(r, 0, 4)};
+    const char *params[] = {s->kb_id, t->ts_config, and_text, t->any,
+                            neg,      s->limit,     t->rare,  t->two};
     int rc = pg_query(s->pool, FULLTEXT_SQL, 8, params, kb_search_on_fts, s);
     free(and_text);
     free(any);
@@ -443,7 +899,6 @@ int kb_search(struct pg_pool *pool, const struct kb_search_request *req, kb_sear
     s->arg = arg;
     s->k = req->k ? req->k : 5;
     s->min_score = req->min_score;
-    s->kb = xstrdup(req->kb);
     s->question = xstrdup(req->question);
     int hybrid = req->vector_enabled && req->vec && req->dim > 0;
     /* Hybrid: fetch a full candidate list from each side, cut to k after fusing. */
@@ -458,13 +913,7 @@ int kb_search(struct pg_pool *pool, const struct kb_search_request *req, kb_sear
         buf_free(&b);
         s->dim_text = xasprintf("%zu", req->dim);
     }
-    char *any = NULL, *neg = NULL;
-    kb_search_any_words(s->question, &any, &neg);
-    const char *params[] = {s->kb, any};
-    int rc = pg_query(pool, KB_LOOKUP_SQL, 2, params, kb_search_on_kb, s);
-    free(any);
-    free(neg);
-    if (rc != 0) {
+    if (kb_search_terms(pool, req->kb, s->question, kb_search_on_terms, s) != 0) {
         kb_search_free(s);
         return -1;
     }

@@ -4,9 +4,17 @@
  * Full text (always). The question goes through websearch_to_tsquery with the knowledge
  * base's text search configuration (so "quoted phrases", `or` and -negation work for
  * operators), against kb_chunks.tsv (GIN index), in which the heading path has weight A
- * and the body weight B. Two statements: a lookup of the knowledge base (its id, its
- * configuration, and the question's lexemes with their frequencies from ANALYZE), then
- * one statement of up to three passes, each a GIN bitmap scan:
+ * and the body weight B. Two statements per question: a lookup of the knowledge base (its
+ * id, its configuration, the question's lexemes as a tsquery), then one statement of up to
+ * three passes, each a GIN bitmap scan (below). In between, in C, the lexemes get their
+ * frequencies from ANALYZE's statistics of kb_chunks.tsv (pg_stats.most_common_elems, and
+ * the table's rows), which the process caches per pool. A third statement reads them: on
+ * a pool's first search, after kb_search_forget_stats, when the lookup names another
+ * kb_chunks (its oid changed), and when the copy is older than a TTL
+ * (kb_search_set_stats_ttl, default 60 s; that read runs in the background, searches go on
+ * with the old copy meanwhile). Searches without a usable copy wait for the one read in
+ * flight; if it fails they all fail, and the next search reads again. So an ANALYZE (an
+ * ingest, autovacuum) reaches searches up to a TTL later. Passes:
  *   1. the websearch query itself (every word must match), ranked by ts_rank_cd;
  *   2. only when pass 1 found fewer than k: passages with two of the question's telling
  *      words (every pair of not-too-common lexemes);
@@ -48,6 +56,7 @@
 #include "pg.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define KB_SEARCH_MAX_K      50
 #define KB_SEARCH_CANDIDATES 50
@@ -99,12 +108,68 @@ int kb_search_mode(struct pg_pool *pool, int have_endpoint, kb_search_mode_cb cb
 /* The mode with its reason, as one human-readable phrase (for the log line). */
 const char *kb_search_mode_text(enum kb_search_mode_kind mode);
 
-/* The two statements kb_search runs, for EXPLAIN and the benchmark. The lookup: $1
- * knowledge base name, $2 the question's any-word text (kb_search_any_words); columns:
- * id, ts_config, the any-word, rare-word and two-word tsquery texts. The full-text
- * statement: $1 id, $2 ts_config, $3 kb_search_and_text of the question, $4 the any-word
- * tsquery text, $5 the negated words (kb_search_any_words), $6 k, $7 and $8 the rare-word
- * and two-word tsquery texts; columns: id, source, title, heading_path, content, score. */
+/* ---- the question's terms and the lexeme statistics cache ----------------------------- */
+
+/* What the full-text statement needs of a question besides its text. Strings are valid
+ * during the callback only. */
+struct kb_terms {
+    const char *kb_id;     /* the knowledge base's id */
+    const char *ts_config; /* its text search configuration */
+    const char *any;       /* any-word tsquery text; NULL when the question has no lexeme */
+    const char *rare;      /* rare-word tsquery text; NULL when it has no lexeme */
+    const char *two;       /* two-word tsquery text; NULL when no pair qualifies */
+};
+
+/* err NULL: t is the terms, or NULL when there is no such knowledge base. err set ("kb
+ * search: <why>"): t is NULL. */
+typedef void (*kb_terms_cb)(const char *err, const struct kb_terms *t, void *arg);
+
+/* The first step of kb_search on its own: one statement (kb_search_question_sql) plus,
+ * when the pool's cached statistics are missing or too old, the statistics statement
+ * (kb_search_stats_sql), shared with every search waiting for it. The texts are those
+ * kb_search_lookup_sql computes in one statement (up to the order of the OR-ed terms and
+ * of the two lexemes in a pair). Returns 0 (cb runs once, later) or -1 (an argument NULL,
+ * pool closing). */
+int kb_search_terms(struct pg_pool *pool, const char *kb, const char *question, kb_terms_cb cb,
+                    void *arg);
+
+/* How old the cached statistics of a pool may be before a search refreshes them, in
+ * milliseconds; default 60000. 0: every search reads them anew (waiting for it), as before
+ * the cache existed (for tests and the benchmark). Process-wide. */
+void kb_search_set_stats_ttl(uint64_t ms);
+
+/* Drop the cached statistics of pool (NULL: of every pool); the next search reads them
+ * anew. Call it after an ANALYZE in this process that should take effect at once (an
+ * ingest), and when closing a pool (before or after pg_pool_close) so its entry is freed
+ * rather than kept until it is evicted (at most KB_SEARCH_STATS_POOLS pools are cached,
+ * the least recently used idle one goes) or the process exits. A refresh in flight still
+ * completes its waiting searches. */
+void kb_search_forget_stats(struct pg_pool *pool);
+
+/* Statistics statements issued by this process so far (for tests and metrics). */
+uint64_t kb_search_stats_refreshes(void);
+
+#define KB_SEARCH_STATS_POOLS 16
+
+/* The statements, for EXPLAIN and the benchmark.
+ * kb_search_question_sql, run for every search: $1 knowledge base name, $2 the question's
+ * any-word text (kb_search_any_words); columns: id, ts_config, the question's lexemes as a
+ * tsquery text, the oid of kb_chunks. No row: no such knowledge base.
+ * kb_search_stats_sql, run when the cache of a pool is refreshed (no parameters): one row
+ * per lexeme of kb_chunks.tsv's most common elements; columns: the oid of kb_chunks, its
+ * rows (reltuples, >= 0), the lexeme, its frequency (lexeme and frequency NULL in the one
+ * row of a table without statistics).
+ * kb_search_lookup_sql, no longer run by kb_search: one statement computing what
+ * kb_search_terms computes (for blocking callers that want the full-text statement's
+ * parameters; it reads the statistics every time): $1 knowledge base name, $2 the
+ * question's any-word text; columns: id, ts_config, the any-word, rare-word and two-word
+ * tsquery texts.
+ * kb_search_fulltext_sql: $1 id, $2 ts_config, $3 kb_search_and_text of the question, $4
+ * the any-word tsquery text, $5 the negated words (kb_search_any_words), $6 k, $7 and $8
+ * the rare-word and two-word tsquery texts; columns: id, source, title, heading_path,
+ * content, score. */
+const char *kb_search_question_sql(void);
+const char *kb_search_stats_sql(void);
 const char *kb_search_lookup_sql(void);
 const char *kb_search_fulltext_sql(void);
 

@@ -6,6 +6,7 @@
 #include "clock.h"
 #include "digest.h"
 #include "engine.h"
+#include "kb_search.h"
 #include "linear.h"
 #include "llm.h"
 #include "log.h"
@@ -180,8 +181,10 @@ void pipeline_close(struct pipeline *p)
         p->w->app_close = NULL;
     }
     contact_sync_stop(p);
-    if (p->pg)
+    if (p->pg) {
+        kb_search_forget_stats(p->pg);
         pg_pool_close(p->pg, pipeline_pg_closed, NULL);
+    }
     p->pg = NULL;
     chatwoot_free(p->chatwoot);
     llm_free(p->llm);
