@@ -61,6 +61,15 @@ static inline int buf_word_needs_escape(uint64_t w)
     return ((ctl | ((q - ones) & ~q & highs) | ((bs - ones) & ~bs & highs)) != 0);
 }
 
+size_t buf_json_plain_words(const char *s, size_t len)
+{
+    size_t i = 0;
+    uint64_t w;
+    while (i + 8 <= len && (memcpy(&w, s + i, 8), !buf_word_needs_escape(w)))
+        i += 8;
+    return i;
+}
+
 /* Runs that need no escape (nearly all of a webhook body) are skipped 8 bytes at a time. */
 void buf_json_string(struct buf *b, const char *s, size_t len)
 {
@@ -69,9 +78,7 @@ void buf_json_string(struct buf *b, const char *s, size_t len)
     buf_append(b, "\"", 1);
     size_t start = 0, i = 0;
     for (;;) {
-        uint64_t w;
-        while (i + 8 <= len && (memcpy(&w, s + i, 8), !buf_word_needs_escape(w)))
-            i += 8;
+        i += buf_json_plain_words(s + i, len - i);
         if (i >= len)
             break;
         unsigned char c = (unsigned char)s[i++];

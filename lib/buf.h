@@ -24,6 +24,10 @@ void buf_append(struct buf *b, const void *p, size_t len);
 void buf_puts(struct buf *b, const char *s);
 /* Append printf output. */
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* How many leading bytes of s[0..len) need no JSON escape, counted 8 at a time: a multiple
+ * of 8 that stops before the first 8-byte word holding a '"', a '\\' or a control byte
+ * (the caller reads on from there a byte at a time). JSON writers and scanners share it. */
+size_t buf_json_plain_words(const char *s, size_t len);
 /* Append s as a quoted JSON string (with escapes). */
 void buf_json_string(struct buf *b, const char *s, size_t len);
 /* Append the whole file at path. Returns 0, or -1 with errno set (the buffer may then hold

@@ -358,3 +358,112 @@ Test(json_edit, key_eq)
     cr_expect(!json_edit_key_eq(t, k, "classy", 6));
     cr_expect(!json_edit_key_eq(t, k, "clasS", 5));
 }
+
+/* The string scanner skips 8 bytes at a time while none is '"', '\\' or a control byte.
+ * Each special sequence at every offset 0..15 of strings of 0..24 plain bytes (so across
+ * one and two 8-byte words, and at their ends): the string's span, its decoded value and
+ * the member after it must come out as a byte-by-byte scan gives them. Texts are copied
+ * into buffers of exactly their length so a read past the end is caught under ASan. */
+struct scan_special {
+    const char *name;
+    const char *raw;     /* as it appears inside the JSON string */
+    const char *decoded; /* what it decodes to (NULL: the text is invalid) */
+    size_t decoded_len;
+};
+
+static const struct scan_special scan_specials[] = {
+    {"escaped quote", "\\\"", "\"", 1},
+    {"escaped backslash", "\\\\", "\\", 1},
+    {"\\n", "\\n", "\n", 1},
+    {"\\u0041", "\\u0041", "A", 1},
+    {"\\u0000", "\\u0000", "\0", 1},
+    {"DEL byte", "\x7f", "\x7f", 1},
+    {"UTF-8 e-acute", "\xc3\xa9", "\xc3\xa9", 2},
+    {"byte 0xff", "\xff", "\xff", 1},
+    {"space", " ", " ", 1},
+    {"byte 0x1f", "\x1f", NULL, 0},
+    {"byte 0x01", "\x01", NULL, 0},
+    {"tab", "\t", NULL, 0},
+};
+
+/* A heap copy of exactly n bytes (no terminator). */
+static char *exact_copy(const char *p, size_t n)
+{
+    char *c = malloc(n ? n : 1);
+    memcpy(c, p, n);
+    return c;
+}
+
+Test(json_edit, string_scan_fast_path_offsets)
+{
+    for (size_t sp = 0; sp < sizeof scan_specials / sizeof scan_specials[0]; sp++) {
+        const struct scan_special *x = &scan_specials[sp];
+        for (size_t len = 0; len <= 24; len++) {
+            for (size_t k = 0; k <= len && k <= 15; k++) {
+                /* {"s":"<k plain><special><len-k plain>","t":7} */
+                char text[128], want[64];
+                size_t n = 0, w = 0;
+                n += (size_t)sprintf(text, "{\"s\":\"");
+                for (size_t i = 0; i < k; i++)
+                    text[n++] = want[w++] = (char)('a' + i % 26);
+                size_t special_off = n;
+                memcpy(text + n, x->raw, strlen(x->raw));
+                n += strlen(x->raw);
+                if (x->decoded) {
+                    memcpy(want + w, x->decoded, x->decoded_len);
+                    w += x->decoded_len;
+                }
+                for (size_t i = k; i < len; i++)
+                    text[n++] = want[w++] = (char)('A' + i % 26);
+                text[n++] = '"';
+                size_t s_end = n;
+                memcpy(text + n, ",\"t\":7}", 7);
+                n += 7;
+                char *t = exact_copy(text, n);
+                char err[160] = "", v[160];
+                struct json_span span;
+                int rc = json_edit_find(t, n, "t", &span, err, sizeof err);
+                if (!x->decoded) {
+                    char msg[160];
+                    snprintf(msg, sizeof msg,
+                             "invalid JSON at byte %zu: control character 0x%02x in string",
+                             special_off, (unsigned char)x->raw[0]);
+                    cr_expect_eq(rc, -1, "%s at %zu of %zu", x->name, k, len);
+                    cr_expect_str_eq(err, msg, "%s at %zu of %zu", x->name, k, len);
+                    free(t);
+                    continue;
+                }
+                cr_assert_eq(rc, 1, "%s at %zu of %zu: %s", x->name, k, len, err);
+                cr_expect_str_eq(span_text(t, span, v), "7", "%s at %zu of %zu", x->name, k, len);
+                cr_assert_eq(json_edit_find(t, n, "s", &span, err, sizeof err), 1);
+                cr_expect_eq(span.off, 5);
+                cr_expect_eq(span.len, s_end - 5, "%s at %zu of %zu", x->name, k, len);
+                size_t dn = 0;
+                char *d = json_edit_string_decode(t, span, &dn);
+                cr_expect_eq(dn, w, "%s at %zu of %zu", x->name, k, len);
+                cr_expect(memcmp(d, want, w) == 0, "%s at %zu of %zu", x->name, k, len);
+                free(d);
+                free(t);
+            }
+        }
+    }
+}
+
+/* Strings cut short anywhere (also right after a backslash or inside \u) end in an error
+ * at the end of input, never a read past it. */
+Test(json_edit, string_scan_truncated)
+{
+    char full[64];
+    size_t n = (size_t)sprintf(full, "\"abcdefghijklmn\\\"opq\\u00e9rstuvwxyz0123\\\\\"");
+    for (size_t cut = 1; cut < n; cut++) {
+        char *t = exact_copy(full, cut);
+        char err[160] = "", msg[160];
+        cr_expect_eq(json_edit_validate(t, cut, err, sizeof err), -1, "cut at %zu", cut);
+        snprintf(msg, sizeof msg, "invalid JSON at byte %zu: unexpected end of input", cut);
+        cr_expect_str_eq(err, msg, "cut at %zu", cut);
+        free(t);
+    }
+    char *t = exact_copy(full, n);
+    cr_expect_eq(json_edit_validate(t, n, NULL, 0), 0);
+    free(t);
+}
