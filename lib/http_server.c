@@ -27,6 +27,7 @@
 #define HTTP_WRITE_HIGH      (64 * 1024) /* stop parsing while more than this waits to be sent */
 #define HTTP_CLOSE_MAX_MS    5000        /* a closing connection gets at most this long */
 #define HTTP_HEADER_OVERHEAD 4           /* ": " + CRLF counted per header line */
+#define HTTP_SPARE_MAX       (64 * 1024) /* a finished request's buffers are kept up to this */
 
 #define http_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -53,11 +54,13 @@ struct http_conn;
 struct http_req {
     struct http_request pub;
     struct http_conn *conn;
-    struct buf raw;  /* url NUL, then name NUL value NUL per header */
-    struct buf body; /* decoded body */
+    struct buf raw;    /* url NUL, then name NUL value NUL per header */
+    struct buf body;   /* decoded body */
+    struct buf target; /* path NUL query NUL */
     struct http_header *hv;
-    char *path;
-    char *query;
+    size_t hv_cap;
+    char *path;  /* in target; NULL until the headers are complete */
+    char *query; /* in target */
     int keep_alive;
     int is_head;
 };
@@ -83,6 +86,7 @@ struct http_conn {
     size_t in_cap;
     /* the request being parsed */
     struct http_req *cur;
+    struct http_req *spare; /* a finished request kept for the next one (its buffers) */
     enum req_phase phase;
     size_t n_headers;
     size_t hdr_bytes;
@@ -144,9 +148,15 @@ static const http_parser_settings conn_parser_settings;
 /* ---------------------------------------------------------------------------------------
  * Requests */
 
+/* A request for c: its spare one when there is one (keep-alive connections then allocate
+ * nothing per request), else a new one. */
 static struct http_req *req_new(struct http_conn *c)
 {
-    struct http_req *r = xcalloc(1, sizeof *r);
+    struct http_req *r = c->spare;
+    if (r)
+        c->spare = NULL;
+    else
+        r = xcalloc(1, sizeof *r);
     r->conn = c;
     return r;
 }
@@ -157,10 +167,29 @@ static void req_free(struct http_req *r)
         return;
     buf_free(&r->raw);
     buf_free(&r->body);
+    buf_free(&r->target);
     free(r->hv);
-    free(r->path);
-    free(r->query);
     free(r);
+}
+
+/* Done with r, a request of c: kept as c's spare (emptied, its buffers kept) while c is
+ * open and has none and the buffers are not large; freed otherwise. */
+static void req_release(struct http_conn *c, struct http_req *r)
+{
+    if (!r)
+        return;
+    if (c->spare || c->state == CS_CLOSED || r->raw.cap > HTTP_SPARE_MAX ||
+        r->body.cap > HTTP_SPARE_MAX || r->target.cap > HTTP_SPARE_MAX) {
+        req_free(r);
+        return;
+    }
+    buf_reset(&r->raw);
+    buf_reset(&r->body);
+    buf_reset(&r->target);
+    memset(&r->pub, 0, sizeof r->pub);
+    r->path = r->query = NULL;
+    r->keep_alive = r->is_head = 0;
+    c->spare = r;
 }
 
 /* Split the request target into path and query (origin-form, absolute-form, "*"). */
@@ -174,13 +203,16 @@ static void req_split_target(struct http_req *r, const char *url)
             p = "/";
     }
     size_t plen = strcspn(p, "?#");
-    r->path = plen ? xstrndup(p, plen) : xstrdup("/");
-    if (p[plen] == '?') {
-        const char *q = p + plen + 1;
-        r->query = xstrndup(q, strcspn(q, "#"));
-    } else {
-        r->query = xstrdup("");
-    }
+    const char *q = p[plen] == '?' ? p + plen + 1 : "";
+    buf_reset(&r->target);
+    if (plen)
+        buf_append(&r->target, p, plen);
+    else
+        buf_append(&r->target, "/", plen = 1);
+    buf_append(&r->target, "", 1);
+    buf_append(&r->target, q, strcspn(q, "#"));
+    r->path = r->target.data; /* the buffer does not move from here on */
+    r->query = r->target.data + plen + 1;
 }
 
 static void header_trim(char *s)
@@ -202,7 +234,11 @@ static void req_finish_headers(struct http_conn *c, struct http_req *r)
     char *p = r->raw.data;
     req_split_target(r, p);
     p += strlen(p) + 1;
-    r->hv = xcalloc(c->n_headers ? c->n_headers : 1, sizeof *r->hv);
+    if (c->n_headers > r->hv_cap || !r->hv) {
+        free(r->hv);
+        r->hv_cap = c->n_headers > 16 ? c->n_headers : 16;
+        r->hv = xcalloc(r->hv_cap, sizeof *r->hv);
+    }
     for (size_t i = 0; i < c->n_headers; i++) {
         r->hv[i].name = p;
         p += strlen(p) + 1;
@@ -244,6 +280,7 @@ static void conn_free(struct http_conn *c)
 {
     struct http_server *s = c->srv;
     req_free(c->cur);
+    req_free(c->spare);
     buf_free(&c->in);
     free(c);
     s->live_conns--;
@@ -411,7 +448,7 @@ static void conn_fail(struct http_conn *c, int status)
             body = msgs[i].body;
     log_debug("%s %s: rejecting request with %d", c->srv->name, c->peer, status);
     server_note_error(c->srv, status, c->cur ? c->cur->path : NULL);
-    req_free(c->cur);
+    req_release(c, c->cur);
     c->cur = NULL;
     c->complete = 0;
     struct buf out = BUF_INIT;
@@ -457,7 +494,7 @@ static int conn_count_header_bytes(struct http_conn *c, size_t len)
 static int on_message_begin(http_parser *p)
 {
     struct http_conn *c = p->data;
-    req_free(c->cur);
+    req_release(c, c->cur);
     c->cur = req_new(c);
     buf_reserve(&c->cur->raw, 512); /* a typical request line and headers, in one go */
     c->phase = RP_URL;
@@ -655,7 +692,7 @@ void http_respond(struct http_request *req, int status, const char *content_type
         conn_finish(c);
     }
 out:
-    req_free(r);
+    req_release(c, r);
     conn_unref(c);
 }
 

@@ -1124,3 +1124,58 @@ Test(http_session, error_hook_sees_every_error_answer)
     cr_assert_eq(errs.n, 0);
     http_session_free(s);
 }
+
+/* Requests that follow each other on one connection reuse the previous request's buffers:
+ * nothing of an earlier request (headers, query, body) may show in a later one, whatever
+ * their sizes (more headers than before, a body over the size a connection keeps). */
+static void reuse_handler(struct http_request *req, void *ud)
+{
+    struct buf *log = ud;
+    const char *h5 = http_request_header(req, "X-H5");
+    buf_printf(log, "%s %s ?%s n=%zu h5=%s body=%zu:%.3s\n", req->method, req->path, req->query,
+               req->n_headers, h5 ? h5 : "-", req->body_len, req->body_len ? req->body : "");
+    http_respond(req, 200, NULL, NULL, "", 0);
+}
+
+static void append_headers(struct buf *in, int n)
+{
+    for (int i = 0; i < n; i++)
+        buf_printf(in, "X-H%d: v%d\r\n", i, i);
+}
+
+Test(http_session, keep_alive_requests_do_not_see_earlier_ones)
+{
+    struct http_server_opts o;
+    test_opts(&o);
+    o.max_body_bytes = 256 * 1024;
+    o.max_header_bytes = 16 * 1024;
+    struct buf log = BUF_INIT, in = BUF_INIT;
+    struct http_session *s = http_session_new(&o, reuse_handler, &log);
+    size_t big = 100 * 1024;
+    /* 1: many headers and a body larger than a connection keeps */
+    buf_printf(&in, "POST /one?x=1 HTTP/1.1\r\nContent-Length: %zu\r\n", big);
+    append_headers(&in, 20);
+    buf_puts(&in, "\r\n");
+    for (size_t i = 0; i < big; i++)
+        buf_append(&in, i % 2 ? "b" : "a", 1);
+    /* 2: fewer headers, no body, a fragment */
+    buf_puts(&in, "GET /two?b=2#frag HTTP/1.1\r\nHost: h\r\n\r\n");
+    /* 3: absolute form, more headers than the last one had */
+    buf_puts(&in, "POST http://h/three HTTP/1.1\r\nContent-Length: 3\r\n");
+    append_headers(&in, 30);
+    buf_puts(&in, "\r\nxyz");
+    /* 4: an empty query, no headers */
+    buf_puts(&in, "GET /? HTTP/1.1\r\n\r\n");
+    /* 5: a small body after a small one */
+    buf_puts(&in, "POST /five HTTP/1.1\r\nContent-Length: 2\r\nX-H5: five\r\n\r\nok");
+    cr_assert_eq(http_session_feed(s, in.data, in.len), 0);
+    cr_assert_str_eq(log.data, "POST /one ?x=1 n=21 h5=v5 body=102400:aba\n"
+                               "GET /two ?b=2 n=1 h5=- body=0:\n"
+                               "POST /three ? n=31 h5=v5 body=3:xyz\n"
+                               "GET / ? n=0 h5=- body=0:\n"
+                               "POST /five ? n=2 h5=five body=2:ok\n");
+    http_session_eof(s);
+    http_session_free(s);
+    buf_free(&log);
+    buf_free(&in);
+}
