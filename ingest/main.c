@@ -295,8 +295,8 @@ static double ingest_process_index(void *ud)
     return ((struct ingest *)ud)->index;
 }
 
-static int ingest_submit(void *ud, const char *delivery, const char *payload, size_t len,
-                         outbox_cb cb, void *data, char *err, size_t errcap)
+static int ingest_submit(void *ud, const char *delivery, char *payload, size_t len, outbox_cb cb,
+                         void *data, char *err, size_t errcap)
 {
     return outbox_submit(((struct ingest *)ud)->outbox, delivery, payload, len, cb, data, err,
                          errcap);

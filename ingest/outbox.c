@@ -30,32 +30,31 @@
  * The payloads never pass through Lua (Redis hashes every byte of every string it hands a
  * script, which cost more than everything else Redis did per job). Instead the script,
  * which runs right after the LPUSH inside the same transaction, sets each delivery's
- * dedupe key (SET NX EX) and removes the jobs whose key already existed (a repeat within
- * the TTL, or the same id twice in the batch) from the head of the list again, by
- * position. So a dedupe key exists exactly when its job was pushed; a transaction that
- * failed left neither.
+ * dedupe key (SET NX EX, which works on every Redis Sidekiq 6 supports; SET NX GET would
+ * need 7.0) and removes the jobs whose key already existed (a repeat within the TTL, or the
+ * same id twice in the batch) from the head of the list again, by position. So a dedupe
+ * key exists exactly when its job was pushed; a transaction that failed left neither.
  *
  * KEYS: the queue list, then the batch's dedupe keys in job order.
- * ARGV: dedupe TTL (s), n, then for each dedupe key the position (1..n) of its job.
- * Returns one integer per job: 1 queued, 0 repeat delivery (removed again). */
+ * ARGV: dedupe TTL (s), n, then, only when some job has no delivery id, for each dedupe key
+ * the position (1..n) of its job (without them, key k is job k).
+ * Returns the positions of the repeat deliveries (removed again); the other jobs are queued.
+ * (Per job the script makes one call and builds no result of its own: the Lua side of a job
+ * costs less than its SET.) */
 static const char outbox_dedupe_script[] =
-    "if redis.call('TYPE', KEYS[1]).ok ~= 'list' or redis.call('LLEN', KEYS[1]) < "
-    "tonumber(ARGV[2]) then\n"
-    "  return redis.error_reply('ERR tierone: the push to ' .. KEYS[1] .. ' did not happen')\n"
+    "local call, q, n = redis.call, KEYS[1], tonumber(ARGV[2])\n"
+    "if call('TYPE', q).ok ~= 'list' or call('LLEN', q) < n then\n"
+    "  return redis.error_reply('ERR tierone: the push to ' .. q .. ' did not happen')\n"
     "end\n"
-    "local n = tonumber(ARGV[2])\n"
-    "local res, dups = {}, {}\n"
-    "for i = 1, n do res[i] = 1 end\n"
+    "local dups, ttl, pos = {}, ARGV[1], #ARGV > 2\n"
     "for k = 2, #KEYS do\n"
-    "  local i = tonumber(ARGV[k + 1])\n"
-    "  if not redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then\n"
-    "    res[i] = 0\n"
-    "    dups[#dups + 1] = i\n"
+    "  if not call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then\n"
+    "    dups[#dups + 1] = pos and tonumber(ARGV[k + 1]) or k - 1\n"
     "  end\n"
     "end\n"
-    "for _, i in ipairs(dups) do redis.call('LSET', KEYS[1], n - i, '" OUTBOX_TOMBSTONE "') end\n"
-    "if #dups > 0 then redis.call('LREM', KEYS[1], #dups, '" OUTBOX_TOMBSTONE "') end\n"
-    "return res\n";
+    "for _, i in ipairs(dups) do call('LSET', q, n - i, '" OUTBOX_TOMBSTONE "') end\n"
+    "if #dups > 0 then call('LREM', q, #dups, '" OUTBOX_TOMBSTONE "') end\n"
+    "return dups\n";
 
 #define OUTBOX_BATCH_MAX   128           /* jobs in one transaction */
 #define OUTBOX_BATCH_BYTES (1024 * 1024) /* ... or fewer, once their records hold this much */
@@ -111,15 +110,27 @@ struct outbox {
     struct metrics_series *transactions;
 };
 
-/* One submitted job, alive until its callback ran. rec is its spool record. */
+/* One submitted job, alive until its callback ran: its payload (owned) and delivery id
+ * (dlen bytes, NUL-terminated, empty for none). Its spool record is built only when it
+ * goes to the spool. */
 struct outbox_job {
     struct outbox *ob;
     struct outbox_job *next; /* in the batch, or in a call in flight */
     outbox_cb cb;
     void *data;
-    char *rec;
-    size_t rec_len;
+    char *payload;
+    size_t len;
     uint64_t t0_ns;
+    size_t dlen;
+    char delivery[];
+};
+
+/* What one job of a transaction pushes: a job's fields or a spool record's parts. */
+struct outbox_item {
+    const char *delivery; /* dlen bytes */
+    size_t dlen;
+    const char *payload;
+    size_t len;
 };
 
 /* One script call in flight for a list of jobs. */
@@ -141,9 +152,9 @@ static void outbox_count(struct outbox *ob, enum outbox_stat s)
 /* ---- records ------------------------------------------------------------------------------ */
 
 /* u16 delivery length | delivery | payload */
-static char *outbox_record(const char *delivery, const char *payload, size_t len, size_t *out_len)
+static char *outbox_record(const char *delivery, size_t dlen, const char *payload, size_t len,
+                           size_t *out_len)
 {
-    size_t dlen = delivery ? strlen(delivery) : 0;
     char *rec = xmalloc(2 + dlen + len);
     rec[0] = (char)(dlen & 0xff);
     rec[1] = (char)(dlen >> 8);
@@ -170,9 +181,9 @@ static int outbox_record_split(const char *rec, size_t len, const char **deliver
     return 0;
 }
 
-/* Send the transaction for n (1..OUTBOX_BATCH_MAX) records; cb gets EXEC's reply. 0 if
- * sent (cb runs once), -1 if Redis is not up or a record is not one (cb never runs). */
-static int outbox_send(struct outbox *ob, const char *const *recs, const size_t *rec_lens, size_t n,
+/* Send the transaction for n (1..OUTBOX_BATCH_MAX) items; cb gets EXEC's reply. 0 if
+ * sent (cb runs once), -1 if Redis is not up (cb never runs). */
+static int outbox_send(struct outbox *ob, const struct outbox_item *items, size_t n,
                        redis_reply_cb cb, void *data)
 {
     enum { CAP = 6 + 2 * OUTBOX_BATCH_MAX };
@@ -189,18 +200,15 @@ static int outbox_send(struct outbox *ob, const char *const *recs, const size_t 
     argv[a] = ob->queue_key;
     lens[a++] = strlen(ob->queue_key);
     for (size_t i = 0; i < n; i++) {
-        const char *d;
-        size_t dlen;
-        if (outbox_record_split(recs[i], rec_lens[i], &d, &dlen, &argv[a], &lens[a]) != 0)
-            return -1;
-        a++;
+        argv[a] = items[i].payload;
+        lens[a++] = items[i].len;
         klen[i] = 0;
-        if (!dlen)
+        if (!items[i].dlen)
             continue;
         koff[i] = ob->keys.len;
-        klen[i] = prefix + dlen;
+        klen[i] = prefix + items[i].dlen;
         buf_append(&ob->keys, OUTBOX_DEDUPE_PREFIX, prefix);
-        buf_append(&ob->keys, d, dlen);
+        buf_append(&ob->keys, items[i].delivery, items[i].dlen);
         nkeys++;
     }
     const char *sadd[3] = {"SADD", ob->queues_key, ob->queue};
@@ -231,7 +239,7 @@ static int outbox_send(struct outbox *ob, const char *const *recs, const size_t 
         snprintf(nstr, sizeof nstr, "%zu", n);
         argv[a] = nstr;
         lens[a++] = strlen(nstr);
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; nkeys < n && i < n; i++) { /* positions, unless key k is job k */
             if (!klen[i])
                 continue;
             snprintf(pos[i], sizeof pos[i], "%zu", i + 1);
@@ -280,13 +288,16 @@ static int outbox_exec_results(const redisReply *reply, size_t n, int *res, cons
         res[i] = 1;
     if (reply->elements == 2)
         return 0;
-    const redisReply *dd = reply->element[2];
-    if (dd->type != REDIS_REPLY_ARRAY || dd->elements != n) {
+    const redisReply *dd = reply->element[2]; /* the positions (1..n) of repeat deliveries */
+    if (dd->type != REDIS_REPLY_ARRAY || dd->elements > n) {
         *warn = dd->type == REDIS_REPLY_ERROR && dd->str ? dd->str : "unexpected reply";
         return 0;
     }
-    for (size_t i = 0; i < n; i++)
-        res[i] = dd->element[i]->type != REDIS_REPLY_INTEGER || dd->element[i]->integer != 0;
+    for (size_t i = 0; i < dd->elements; i++) {
+        const redisReply *e = dd->element[i];
+        if (e->type == REDIS_REPLY_INTEGER && e->integer >= 1 && (size_t)e->integer <= n)
+            res[e->integer - 1] = 0;
+    }
     return 0;
 }
 
@@ -316,7 +327,7 @@ static void outbox_job_finish(struct outbox_job *job, enum outbox_result res, co
         outbox_count(ob, OS_FAILED);
     }
     job->cb(res, error, job->data);
-    free(job->rec);
+    free(job->payload);
     free(job);
 }
 
@@ -383,15 +394,14 @@ static void outbox_flush(struct outbox *ob)
     while (head) {
         if (ob->closing || !spool_empty(ob->spool) || !redis_is_up(ob->redis))
             break;
-        const char *recs[OUTBOX_BATCH_MAX];
-        size_t lens[OUTBOX_BATCH_MAX], n = 0, bytes = 0;
+        struct outbox_item items[OUTBOX_BATCH_MAX];
+        size_t n = 0, bytes = 0;
         struct outbox_job *last = NULL;
         for (struct outbox_job *j = head;
-             j && n < OUTBOX_BATCH_MAX && (n == 0 || bytes + j->rec_len <= OUTBOX_BATCH_BYTES);
+             j && n < OUTBOX_BATCH_MAX && (n == 0 || bytes + j->len <= OUTBOX_BATCH_BYTES);
              j = j->next) {
-            recs[n] = j->rec;
-            lens[n++] = j->rec_len;
-            bytes += j->rec_len;
+            items[n++] = (struct outbox_item){j->delivery, j->dlen, j->payload, j->len};
+            bytes += j->len;
             last = j;
         }
         struct outbox_call *call = xmalloc(sizeof *call);
@@ -400,7 +410,7 @@ static void outbox_flush(struct outbox *ob)
         call->n = n;
         struct outbox_job *rest = last->next;
         last->next = NULL;
-        if (outbox_send(ob, recs, lens, n, outbox_on_batch_reply, call) != 0) {
+        if (outbox_send(ob, items, n, outbox_on_batch_reply, call) != 0) {
             last->next = rest;
             free(call);
             break;
@@ -450,26 +460,32 @@ static void outbox_on_spooled(int status, void *data)
 
 static int outbox_spool_job(struct outbox *ob, struct outbox_job *job, char *err, size_t errcap)
 {
-    return spool_append(ob->spool, job->rec, job->rec_len, outbox_on_spooled, job, err, errcap);
+    size_t rec_len;
+    char *rec = outbox_record(job->delivery, job->dlen, job->payload, job->len, &rec_len);
+    int rc = spool_append(ob->spool, rec, rec_len, outbox_on_spooled, job, err, errcap);
+    free(rec); /* the spool took a copy */
+    return rc;
 }
 
-int outbox_submit(struct outbox *ob, const char *delivery, const char *payload, size_t len,
-                  outbox_cb cb, void *data, char *err, size_t errcap)
+int outbox_submit(struct outbox *ob, const char *delivery, char *payload, size_t len, outbox_cb cb,
+                  void *data, char *err, size_t errcap)
 {
-    if (delivery && strlen(delivery) > OUTBOX_MAX_DELIVERY) {
+    size_t dlen = delivery ? strlen(delivery) : 0;
+    if (dlen > OUTBOX_MAX_DELIVERY) {
         snprintf(err, errcap, "delivery id longer than %d bytes", OUTBOX_MAX_DELIVERY);
+        free(payload);
         return -1;
     }
     if (len == 0) {
         snprintf(err, errcap, "empty payload");
+        free(payload);
         return -1;
     }
-    struct outbox_job *job = xcalloc(1, sizeof *job);
-    job->ob = ob;
-    job->cb = cb;
-    job->data = data;
+    struct outbox_job *job = xmalloc(sizeof *job + dlen + 1);
+    *job = (struct outbox_job){
+        .ob = ob, .cb = cb, .data = data, .payload = payload, .len = len, .dlen = dlen};
     job->t0_ns = clock_mono_ns();
-    job->rec = outbox_record(delivery, payload, len, &job->rec_len);
+    memcpy(job->delivery, dlen ? delivery : "", dlen + 1);
     /* Behind a batch that is not flushed yet, a job waits in it whatever its route, so the
      * flush keeps acceptance order. */
     if (!ob->closing && (ob->batch_head || (spool_empty(ob->spool) && redis_is_up(ob->redis)))) {
@@ -479,7 +495,7 @@ int outbox_submit(struct outbox *ob, const char *delivery, const char *payload, 
     }
     if (outbox_spool_job(ob, job, err, errcap) != 0) {
         outbox_count(ob, OS_FAILED);
-        free(job->rec);
+        free(job->payload);
         free(job);
         return -1;
     }
@@ -538,10 +554,12 @@ static void outbox_drain(struct outbox *ob)
     if (n <= 0)
         return;
     /* A record that is not a job ends the list; alone at its head it is dropped. */
+    struct outbox_item items[OUTBOX_BATCH_MAX];
     int good = 0;
-    for (const char *d, *p; good < n; good++) {
-        size_t dl, pl;
-        if (outbox_record_split(recs[good], lens[good], &d, &dl, &p, &pl) != 0)
+    for (; good < n; good++) {
+        struct outbox_item *it = &items[good];
+        if (outbox_record_split(recs[good], lens[good], &it->delivery, &it->dlen, &it->payload,
+                                &it->len) != 0)
             break;
     }
     if (good == 0) {
@@ -551,9 +569,17 @@ static void outbox_drain(struct outbox *ob)
             outbox_drain(ob);
         return;
     }
-    if (good < n)
+    if (good < n) {
+        /* Peek again (the records may move): the same first `good` records, which split. */
         n = spool_peek_n(ob->spool, (size_t)good, OUTBOX_BATCH_BYTES, recs, lens, err, sizeof err);
-    if (n > 0 && outbox_send(ob, recs, lens, (size_t)n, outbox_on_drain_reply, ob) == 0)
+        for (int i = 0; i < n; i++) {
+            struct outbox_item *it = &items[i];
+            if (i >= good || outbox_record_split(recs[i], lens[i], &it->delivery, &it->dlen,
+                                                 &it->payload, &it->len) != 0)
+                n = i;
+        }
+    }
+    if (n > 0 && outbox_send(ob, items, (size_t)n, outbox_on_drain_reply, ob) == 0)
         ob->drain_busy = (size_t)n;
 }
 

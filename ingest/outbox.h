@@ -9,7 +9,7 @@
  * delivery id) runs right after the LPUSH, inside the transaction: it does `SET
  * tierone:delivery:<id> 1 NX EX <ttl>` per job and takes the jobs whose key existed (a
  * repeat within the TTL, or the same id twice in one batch) off the head of the list again,
- * returning one result per job (queued / duplicate). Payloads never pass through Lua (Redis
+ * returning their positions (the others are queued). Payloads never pass through Lua (Redis
  * hashes every byte of every string a script receives). The transaction is atomic: a
  * dedupe key exists exactly when its job was pushed; one that failed (error reply, lost
  * connection, timeout) left neither, and every job of its batch goes to the spool in order.
@@ -73,12 +73,14 @@ struct outbox;
 struct outbox *outbox_new(uv_loop_t *loop, const struct outbox_opts *opts, char *err,
                           size_t errcap);
 
-/* Submit one job payload (len bytes, copied) with its delivery id (NULL or "" for none; at
- * most OUTBOX_MAX_DELIVERY bytes). Returns 0 and cb(result, error, data) runs exactly once
- * later, from the loop; or -1 with a reason in err (Redis cannot be used and the spool
- * refuses the record: full, or closing) and cb never runs. */
-int outbox_submit(struct outbox *ob, const char *delivery, const char *payload, size_t len,
-                  outbox_cb cb, void *data, char *err, size_t errcap);
+/* Submit one job payload (len bytes in a malloc'ed buffer, which the outbox takes over in
+ * every case: it frees it, also when this returns -1; no copy is made) with its delivery id
+ * (NULL or "" for none; at most OUTBOX_MAX_DELIVERY bytes; copied). Returns 0 and
+ * cb(result, error, data) runs exactly once later, from the loop; or -1 with a reason in err
+ * (empty payload, delivery id too long, or Redis cannot be used and the spool refuses the
+ * record: full, or closing) and cb never runs. */
+int outbox_submit(struct outbox *ob, const char *delivery, char *payload, size_t len, outbox_cb cb,
+                  void *data, char *err, size_t errcap);
 
 /* Records waiting in the spool. */
 uint64_t outbox_spool_depth(const struct outbox *ob);

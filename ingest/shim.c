@@ -387,6 +387,7 @@ static void shim_enqueue(struct shim *s, struct http_request *req, enum shim_pat
     size_t len = 0;
     char *payload = shim_payload(s, req, path, delivery, ts, s->o.now(), c->jid, &len);
     s->in_flight++;
+    /* The payload goes to the submit function, which frees it (also on failure). */
     if (s->o.submit(s->o.submit_ud, delivery, payload, len, shim_on_submitted, c, err,
                     sizeof err) != 0) {
         s->in_flight--;
@@ -394,7 +395,6 @@ static void shim_enqueue(struct shim *s, struct http_request *req, enum shim_pat
         log_error("ingest: %s delivery from %s lost: %s", shim_path_names[path], req->peer, err);
         shim_text(s, req, path, 500, "cannot queue the delivery: %s\n", err);
     }
-    free(payload);
 }
 
 /* ---- the handler --------------------------------------------------------------------------- */

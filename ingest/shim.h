@@ -49,8 +49,9 @@
 #define SHIM_JOB_CLASS "Tierone::ChatwootEvent"
 #define SHIM_JOB_QUEUE "events"
 
-/* Same contract as outbox_submit (ud is submit_ud). */
-typedef int (*shim_submit_fn)(void *ud, const char *delivery, const char *payload, size_t len,
+/* Same contract as outbox_submit (ud is submit_ud): payload is a malloc'ed buffer of len
+ * bytes that the submit function takes over in every case (it frees it, also on -1). */
+typedef int (*shim_submit_fn)(void *ud, const char *delivery, char *payload, size_t len,
                               outbox_cb cb, void *data, char *err, size_t errcap);
 /* NULL when ready, else a short reason for /readyz's 503. */
 typedef const char *(*shim_ready_fn)(void *ud);

@@ -20,6 +20,7 @@
 #include "shim.h"
 #include "signature.h"
 #include "test_redis.h"
+#include "xalloc.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -1504,8 +1505,8 @@ static void ob_submit_all(struct ob_env *e, const struct ob_case *cases, size_t 
         snprintf(payload, sizeof payload, "{\"d\":\"%s\",\"i\":%zu}",
                  cases[i].delivery ? cases[i].delivery : "-", i);
         slots[i] = (struct ob_slot){.count = count};
-        cr_assert_eq(outbox_submit(e->ob, cases[i].delivery, payload, strlen(payload), ob_on_result,
-                                   &slots[i], err, sizeof err),
+        cr_assert_eq(outbox_submit(e->ob, cases[i].delivery, xstrdup(payload), strlen(payload),
+                                   ob_on_result, &slots[i], err, sizeof err),
                      0, "%s", err);
         cr_assert_not(slots[i].done, "a callback ran inside outbox_submit");
     }
@@ -1558,6 +1559,59 @@ Test(outbox, one_iteration_is_one_transaction_in_order_with_dedupe, .init = setu
         cr_assert_eq(slots2[i].res, again[i].want, "job %zu", i);
     q = queue_deliveries();
     cr_assert_str_eq(q, "a - b - c d e f g");
+    free(q);
+    ob_close(&e);
+}
+
+/* Every job with a delivery id: the script gets no positions (key k is job k). Repeats at
+ * the start, middle and end of the batch, the same id three times, and a repeat of an
+ * earlier batch are all taken out again; the payload of a refused submit is freed (ASan). */
+Test(outbox, a_batch_where_every_job_has_an_id, .init = setup, .fini = teardown)
+{
+    freeReplyObject(test_redis_cmd(rc, "SET " OUTBOX_DEDUPE_PREFIX "seen 1 EX 60"));
+    struct ob_env e;
+    ob_open(&e);
+    const struct ob_case cases[] = {
+        {"seen", OUTBOX_DUPLICATE}, {"p", OUTBOX_QUEUED},       {"q", OUTBOX_QUEUED},
+        {"p", OUTBOX_DUPLICATE},    {"r", OUTBOX_QUEUED},       {"p", OUTBOX_DUPLICATE},
+        {"s", OUTBOX_QUEUED},       {"seen", OUTBOX_DUPLICATE},
+    };
+    size_t n = sizeof cases / sizeof cases[0];
+    struct ob_slot slots[sizeof cases / sizeof cases[0]];
+    int count = 0;
+    ob_submit_all(&e, cases, n, slots, &count);
+    char err[256], id[OUTBOX_MAX_DELIVERY + 2];
+    memset(id, 'x', sizeof id - 1);
+    id[sizeof id - 1] = '\0';
+    cr_assert_eq(outbox_submit(e.ob, id, xstrdup("{}"), 2, ob_on_result, NULL, err, sizeof err),
+                 -1);
+    cr_assert(strstr(err, "delivery id longer than"), "%s", err);
+    cr_assert_eq(outbox_submit(e.ob, NULL, xstrdup(""), 0, ob_on_result, NULL, err, sizeof err),
+                 -1);
+    ob_run_until(&e, &count, (int)n, "the batch");
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(slots[i].res, cases[i].want, "job %zu (%s): %d", i, cases[i].delivery,
+                     slots[i].res);
+    char *q = queue_deliveries();
+    cr_assert_str_eq(q, "p q r s");
+    free(q);
+    const char *ids[] = {"p", "q", "r", "s"};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        long long ttl = test_redis_int(rc, "TTL " OUTBOX_DEDUPE_PREFIX "%s", ids[i]);
+        cr_assert(ttl > 86000 && ttl <= 86400, "%s: ttl %lld", ids[i], ttl);
+    }
+    cr_assert(test_redis_int(rc, "TTL " OUTBOX_DEDUPE_PREFIX "seen") <= 60,
+              "a repeat does not renew the key");
+
+    const struct ob_case again[] = {{"q", OUTBOX_DUPLICATE}, {"t", OUTBOX_QUEUED}};
+    struct ob_slot slots2[2];
+    count = 0;
+    ob_submit_all(&e, again, 2, slots2, &count);
+    ob_run_until(&e, &count, 2, "the second batch");
+    for (size_t i = 0; i < 2; i++)
+        cr_assert_eq(slots2[i].res, again[i].want, "job %zu", i);
+    q = queue_deliveries();
+    cr_assert_str_eq(q, "p q r s t");
     free(q);
     ob_close(&e);
 }
