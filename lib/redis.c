@@ -104,7 +104,12 @@ static void redis_ev_update(struct redis_ev *e, int add, int remove)
 {
     if (!e->ac)
         return;
-    e->events = (e->events | add) & ~remove;
+    int events = (e->events | add) & ~remove;
+    /* hiredis asks for reading again on every command; libuv's uv_poll_start restarts the
+     * watcher even when nothing changes (an epoll_ctl DEL, then an ADD on the next poll). */
+    if (events == e->events)
+        return;
+    e->events = events;
     if (e->events)
         uv_poll_start(&e->poll, e->events, redis_ev_on_poll);
     else
