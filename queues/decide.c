@@ -438,7 +438,7 @@ static void decide_perform(struct job_ctx *ctx)
     d->jid = job_ctx_job(ctx)->jid;
     d->id = id;
     job_ctx_set_state(ctx, d);
-    if (turn_load(d->p->pg, id, decide_on_turn, d) != 0)
+    if (turn_load(d->p->pg, id, TURN_WITH_PASSAGES, decide_on_turn, d) != 0)
         decide_done(d, pg_pool_closing_error("load turn"));
 }
 

@@ -412,7 +412,7 @@ static void escalate_perform(struct job_ctx *ctx)
     e->p = pipeline_of(ctx);
     e->jid = job_ctx_job(ctx)->jid;
     job_ctx_set_state(ctx, e);
-    if (turn_load(e->p->pg, id, escalate_on_turn, e) != 0)
+    if (turn_load(e->p->pg, id, TURN_BASE, escalate_on_turn, e) != 0)
         escalate_done(e, pg_pool_closing_error("load turn"));
 }
 

@@ -362,7 +362,7 @@ static void linear_job_perform(struct job_ctx *ctx)
     l->p = pipeline_of(ctx);
     l->jid = job_ctx_job(ctx)->jid;
     job_ctx_set_state(ctx, l);
-    if (turn_load(l->p->pg, id, linear_job_on_turn, l) != 0)
+    if (turn_load(l->p->pg, id, TURN_BASE, linear_job_on_turn, l) != 0)
         linear_job_done(l, pg_pool_closing_error("load turn"));
 }
 

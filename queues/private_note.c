@@ -137,7 +137,7 @@ static void private_note_perform(struct job_ctx *ctx)
     n->jid = job_ctx_job(ctx)->jid;
     snprintf(n->id, sizeof n->id, "%lld", id);
     job_ctx_set_state(ctx, n);
-    if (turn_load(n->p->pg, id, private_note_on_turn, n) != 0)
+    if (turn_load(n->p->pg, id, TURN_BASE, private_note_on_turn, n) != 0)
         private_note_done(n, pg_pool_closing_error("load turn"));
 }
 

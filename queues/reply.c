@@ -280,7 +280,7 @@ static void reply_perform(struct job_ctx *ctx)
     r->jid = job_ctx_job(ctx)->jid;
     snprintf(r->ids[2], sizeof r->ids[2], "%lld", id);
     job_ctx_set_state(ctx, r);
-    if (turn_load(r->p->pg, id, reply_on_turn, r) != 0)
+    if (turn_load(r->p->pg, id, TURN_BASE, reply_on_turn, r) != 0)
         reply_done(r, pg_pool_closing_error("load turn"));
 }
 

@@ -257,7 +257,7 @@ static void retrieve_perform(struct job_ctx *ctx)
     snprintf(r->idtext, sizeof r->idtext, "%lld", id);
     snprintf(r->superseded_by, sizeof r->superseded_by, "answered with turn %lld", id);
     job_ctx_set_state(ctx, r);
-    if (turn_load(r->p->pg, id, retrieve_on_turn, r) != 0)
+    if (turn_load(r->p->pg, id, TURN_BASE, retrieve_on_turn, r) != 0)
         retrieve_done(r, pg_pool_closing_error("load turn"));
 }
 

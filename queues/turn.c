@@ -9,13 +9,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char TURN_LOAD_SQL[] =
-    "SELECT t.id, t.account_id, t.conversation_id, t.message_id, t.inbox_id, t.channel,"
-    " t.contact::text, t.content, t.state, t.question, t.passages::text, t.decision::text,"
-    " t.outcome_reason, extract(epoch FROM t.received_at)::float8,"
-    " (SELECT max(n.message_id) FROM turns n"
-    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"
-    " FROM turns t WHERE t.id = $1";
+/* The same statement with and without the passages (column 10): they are the bulk of a
+ * turn (a few KB of passage text), and only Decide reads them, so the other steps neither
+ * have the server write them out nor parse them. */
+#define TURN_LOAD_SQL(passages)                                                                  \
+    "SELECT t.id, t.account_id, t.conversation_id, t.message_id, t.inbox_id, t.channel,"       \
+    " t.contact::text, t.content, t.state, t.question, " passages ", t.decision::text,"         \
+    " t.outcome_reason, extract(epoch FROM t.received_at)::float8,"                            \
+    " (SELECT max(n.message_id) FROM turns n"                                                  \
+    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"          \
+    " FROM turns t WHERE t.id = $1"
+
+static const char TURN_LOAD_BASE_SQL[] = TURN_LOAD_SQL("NULL");
+static const char TURN_LOAD_PASSAGES_SQL[] = TURN_LOAD_SQL("t.passages::text");
 
 static const char TURN_FINISH_SQL[] = "UPDATE turns SET state = $2, outcome_reason = $3,"
                                       " finished_at = now() WHERE id = $1 AND state = 'open'";
@@ -71,7 +77,7 @@ static void turn_on_load(const struct pg_result *r, void *arg)
     free(call);
 }
 
-int turn_load(struct pg_pool *pg, long long id, turn_cb cb, void *arg)
+int turn_load(struct pg_pool *pg, long long id, enum turn_columns cols, turn_cb cb, void *arg)
 {
     char idtext[32];
     snprintf(idtext, sizeof idtext, "%lld", id);
@@ -80,7 +86,8 @@ int turn_load(struct pg_pool *pg, long long id, turn_cb cb, void *arg)
     call->cb = cb;
     call->arg = arg;
     call->id = id;
-    if (pg_query(pg, TURN_LOAD_SQL, 1, params, turn_on_load, call) != 0) {
+    const char *sql = cols == TURN_WITH_PASSAGES ? TURN_LOAD_PASSAGES_SQL : TURN_LOAD_BASE_SQL;
+    if (pg_query(pg, sql, 1, params, turn_on_load, call) != 0) {
         free(call);
         return -1;
     }

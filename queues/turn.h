@@ -23,8 +23,8 @@ struct turn {
     char *content;    /* the customer's words */
     char *state;      /* open, answered, escalated, superseded, dropped */
     char *question;   /* NULL until Retrieve */
-    json_t *passages; /* NULL until Retrieve: [{id, score, source, title, heading_path,
-                         content}] */
+    json_t *passages; /* NULL until Retrieve, or when not loaded (TURN_BASE): [{id, score,
+                         source, title, heading_path, content}] */
     json_t *decision; /* NULL until Decide: {action, answer, reason, category,
                          passage_ids, by} */
     char *outcome_reason;
@@ -37,9 +37,15 @@ typedef void (*turn_cb)(struct job_error *err, struct turn *t, void *arg);
 /* err: NULL on success. */
 typedef void (*turn_done_cb)(struct job_error *err, void *arg);
 
+/* What turn_load reads besides the turn's small columns. */
+enum turn_columns {
+    TURN_BASE,          /* passages stays NULL */
+    TURN_WITH_PASSAGES, /* also the passages (only Decide needs them) */
+};
+
 /* Load turn id with newest_message (one statement). A missing turn is a permanent
  * Tierone::TurnNotFound error. Returns 0 or -1. */
-int turn_load(struct pg_pool *pg, long long id, turn_cb cb, void *arg);
+int turn_load(struct pg_pool *pg, long long id, enum turn_columns cols, turn_cb cb, void *arg);
 
 /* 1 when t is still the newest turn of its conversation. */
 int turn_is_newest(const struct turn *t);
