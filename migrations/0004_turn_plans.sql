@@ -1,0 +1,11 @@
+-- Plans that stay right while a burst is in flight.
+--
+-- turns_open indexed the open turns by age, for a query nobody runs. Its harm: every
+-- statement that finishes or supersedes a turn says `id = $1 AND state = 'open'`, and
+-- wherever the statistics say open turns are rare (true of a database in service: nearly
+-- every turn has ended) the planner prefers this small partial index to the primary key
+-- and filters on id, in plans prepared once per connection and then kept. During a burst
+-- thousands of turns are open at once, so each such statement walked all of them: with
+-- 20,000 older turns and 2,000 new ones (bench/pipeline.sh) finishing a turn took 0.63 ms
+-- and Retrieve's burst statement 1.27 ms of server time, against about 0.05 ms by key.
+DROP INDEX IF EXISTS turns_open;
