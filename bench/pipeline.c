@@ -26,7 +26,13 @@
  *             fast as possible: the most model calls open at once, the time to the last
  *             reply, and the worker's peak RSS.
  * Before the measured turns, --warmup turns (default 50) run and are waited for, so the
- * worker's start-up, connection set-up and Ruby's boot are not measured.
+ * worker's start-up, connection set-up and Ruby's boot are not measured. Before the warm-up,
+ * --history turns (default 20,000) of other conversations, answered two days ago with their
+ * reply effects and conversations, are inserted and the database is ANALYZEd: the plans
+ * (prepared once per connection, then kept) are those of a database in service, not of
+ * tables created a second earlier, whose plans (sequential scans of tables that then grow
+ * by thousands of rows during the run) would make the figures depend on when a plan was
+ * made.
  *
  * Prints one line: "result scenario=... worker=... turns=N ok=N turns_per_s=... p50_ms=...
  * p99_ms=... max_ms=... llm_open_max=... rss_kb=... cpu_s=... wall_s=..." where rss_kb is
@@ -54,7 +60,7 @@
 
 struct bp_opts {
     const char *scenario;
-    long turns, warmup, concurrency, db_pool;
+    long turns, warmup, history, concurrency, db_pool;
     double rate;
     unsigned llm_delay_ms;
     int sidekiq;
@@ -177,10 +183,38 @@ static void bp_proc(pid_t pid, long *hwm_kb, double *cpu_s)
         fclose(f);
 }
 
+/* n answered turns from two days ago, in conversations 1,000,001 on (the measured ones are
+ * 1..N), then ANALYZE (see the header). */
+static int bp_history(struct bp_run *r, long n)
+{
+    char sql[2048];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO conversations (account_id, conversation_id, inbox_id, status)"
+             " SELECT 1, 1000000 + g, 1, 'resolved' FROM generate_series(1, %ld) g;"
+             "INSERT INTO turns (account_id, conversation_id, message_id, inbox_id, content,"
+             " received_at, state, question, passages, decision, finished_at)"
+             " SELECT 1, 1000000 + g, g, 1, 'an older question', now() - interval '2 days',"
+             " 'answered',"
+             " 'an older question', '[]', '{\"action\": \"answer\", \"answer\": \"yes\"}',"
+             " now() - interval '2 days' FROM generate_series(1, %ld) g;"
+             "INSERT INTO effects (turn_id, kind, state, created_at, done_at)"
+             " SELECT id, 'reply', 'sent', received_at, received_at FROM turns"
+             " WHERE conversation_id > 1000000;"
+             "ANALYZE",
+             n, n);
+    PGresult *res = PQexec(r->st.pg, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        fprintf(stderr, "bench_pipeline: history: %s", PQerrorMessage(r->st.pg));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
 static int bp_usage(void)
 {
     fprintf(stderr, "usage: bench_pipeline burst|paced|inflight [--turns N] [--rate R] "
-                    "[--llm-delay MS] [--concurrency C] [--db-pool N] [--warmup N] [--sidekiq]\n");
+                    "[--llm-delay MS] [--concurrency C] [--db-pool N] [--warmup N] [--history N] "
+                    "[--sidekiq]\n");
     return 2;
 }
 
@@ -191,6 +225,7 @@ static int bp_parse(int argc, char **argv, struct bp_opts *o)
     *o = (struct bp_opts){.scenario = argv[1],
                           .turns = 2000,
                           .warmup = 50,
+                          .history = 20000,
                           .concurrency = 1000,
                           .rate = 200,
                           .llm_delay_ms = 2000,
@@ -211,6 +246,8 @@ static int bp_parse(int argc, char **argv, struct bp_opts *o)
             o->turns = atol(v);
         else if (!strcmp(a, "--warmup"))
             o->warmup = atol(v);
+        else if (!strcmp(a, "--history"))
+            o->history = atol(v);
         else if (!strcmp(a, "--rate"))
             o->rate = atof(v);
         else if (!strcmp(a, "--llm-delay"))
@@ -222,7 +259,8 @@ static int bp_parse(int argc, char **argv, struct bp_opts *o)
         else
             return -1;
     }
-    return o->turns > 0 && o->warmup >= 0 && o->rate > 0 && o->concurrency > 0 && o->db_pool > 0
+    return o->turns > 0 && o->warmup >= 0 && o->history >= 0 && o->rate > 0 && o->concurrency > 0 &&
+                   o->db_pool > 0
                ? 0
                : -1;
 }
@@ -257,7 +295,7 @@ int main(int argc, char **argv)
     for (long i = 0; i < r.nturns; i++)
         test_stack_conversation(&r.st, i + 1, "pending");
 
-    int ok = 1;
+    int ok = bp_history(&r, o.history) == 0;
     /* Warm-up: started, connected, every code path touched once. */
     for (long i = 0; ok && i < o.warmup; i++)
         ok = bp_post(&r, i) == 0;
