@@ -248,6 +248,8 @@ int pipeline_last_attempt(const struct pipeline *p, const struct job *j)
 struct pipeline_push {
     pipeline_enqueue_cb cb;
     void *arg;
+    struct worker *w;
+    int now; /* pushed onto its queue (not scheduled) */
     char klass[40];
     char why[256]; /* a push that could not start: reported from a timer */
     uv_timer_t timer;
@@ -260,6 +262,8 @@ static void pipeline_push_on_done(const char *error, void *data)
     if (error)
         err = job_error_new(JOB_ERR_RETRY, "Tierone::EnqueueFailed", "enqueue %s: %s", push->klass,
                             error);
+    else if (push->now)
+        worker_fetch_wake(push->w); /* the next step runs without waiting out an idle pause */
     push->cb(err, push->arg);
     free(push);
 }
@@ -301,6 +305,8 @@ int pipeline_enqueue(struct pipeline *p, const char *klass, long long turn_id, l
     struct pipeline_push *push = xcalloc(1, sizeof *push);
     push->cb = cb;
     push->arg = arg;
+    push->w = p->w;
+    push->now = delay_ms <= 0;
     snprintf(push->klass, sizeof push->klass, "%s", klass);
     if (sidekiq_push(p->w->redis, &so, &spec, NULL, pipeline_push_on_done, push, push->why,
                      sizeof push->why) != 0) {

@@ -13,7 +13,8 @@
  * Lua scripts cannot block, so when every queue is empty the fetcher waits before asking
  * again, doubling the pause from 1 ms up to fetch_idle_max_ms (default 50 ms): an idle
  * process costs Redis a few cheap calls a second and picks a new job up within that pause.
- * The first fetch after a burst is immediate. */
+ * The first fetch after a burst is immediate, and so is the one after this process pushed
+ * a job itself (worker_fetch_wake: the next step of a chain). */
 #include "engine.h"
 #include "log.h"
 #include "xalloc.h"
@@ -198,8 +199,9 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
         worker_job_finished(w); /* this fetch may have been the last thing the stop waited for */
         return;
     }
-    if (got > 0) {
+    if (got > 0 || w->fetch_again) {
         w->idle_ms = 0;
+        w->fetch_again = 0;
         fetcher_kick(w);
         return;
     }
@@ -208,6 +210,19 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
     if (w->idle_ms > (uint32_t)w->cfg->fetch_idle_max_ms)
         w->idle_ms = (uint32_t)w->cfg->fetch_idle_max_ms;
     uv_timer_start(&w->fetch_timer, fetcher_on_timer, w->idle_ms, 0);
+}
+
+void worker_fetch_wake(struct worker *w)
+{
+    if (w->fetch_in_flight) {
+        w->fetch_again = 1;
+        return;
+    }
+    if (!uv_is_active((uv_handle_t *)&w->fetch_timer))
+        return; /* not pausing: fetching, or nothing to fetch for (full, quiet, stopping) */
+    uv_timer_stop(&w->fetch_timer);
+    w->idle_ms = 0;
+    fetcher_kick(w);
 }
 
 void fetcher_kick(struct worker *w)

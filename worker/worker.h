@@ -83,6 +83,7 @@ struct worker {
     unsigned long long lost_fetches[32]; /* prefixes of fetches whose reply never came */
     size_t nlost;
     uint32_t idle_ms; /* current idle backoff */
+    int fetch_again;  /* woken while a fetch was in flight: no idle pause after it */
     uv_timer_t fetch_timer;
 
     /* outcomes waiting to be written to Redis (acks, retries, deaths) */
@@ -135,6 +136,12 @@ void worker_stop(struct worker *w);
 void worker_quiet(struct worker *w);
 /* Free what is left after the loop has ended. */
 void worker_free(struct worker *w);
+/* A job was just pushed (the push's reply came back) onto a queue this process may serve:
+ * end the fetcher's idle pause and fetch now, or, with a fetch in flight that may have run
+ * before the push, fetch again right after it instead of pausing. Job types that enqueue
+ * the next step of a chain call it, so a chain does not wait out an idle pause (up to
+ * TIERONE_FETCH_IDLE_MAX) at every step. */
+void worker_fetch_wake(struct worker *w);
 /* The HTTP client shared by job types (created lazily). */
 struct http_client *worker_http(struct worker *w);
 

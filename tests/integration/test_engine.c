@@ -650,3 +650,35 @@ Test(engine, weighted_queues_drain_every_queue)
     h_stop(&h);
     h_free(&h);
 }
+
+static int cond_pausing_a_minute(struct harness *h)
+{
+    return uv_is_active((uv_handle_t *)&h->w.fetch_timer) && h->w.idle_ms == 60000 &&
+           !h->w.fetch_in_flight;
+}
+static int cond_ordered_1(struct harness *h)
+{
+    return order_count == 1;
+}
+
+/* A job pushed during a long idle pause waits it out; worker_fetch_wake (called by the
+ * pipeline after pushing a chain's next step) fetches at once. */
+Test(engine, a_wake_ends_the_idle_pause)
+{
+    struct harness h;
+    h_init(&h, "default", 5);
+    h.cfg.fetch_idle_max_ms = 60000;
+    h_start(&h);
+    h.w.idle_ms = 60000; /* as after a long idle spell: the next pause is the longest */
+    cr_assert(h_run_until(&h, cond_pausing_a_minute, 5000), "the fetcher did not pause");
+    push(&h, "default", "Test::Order", "[\"a\"]", NULL);
+    uint64_t end = clock_mono_ms() + 200; /* the pause holds: the job stays queued */
+    while (clock_mono_ms() < end)
+        uv_run(&h.loop, UV_RUN_NOWAIT);
+    cr_assert_eq(order_count, 0);
+    cr_assert_eq(test_redis_int(h.rc, "LLEN queue:default"), 1);
+    worker_fetch_wake(&h.w);
+    cr_assert(h_run_until(&h, cond_ordered_1, 20000), "the woken fetcher did not run the job");
+    h_stop(&h);
+    h_free(&h);
+}
