@@ -12,12 +12,12 @@
 /* The same statement with and without the passages (column 10): they are the bulk of a
  * turn (a few KB of passage text), and only Decide reads them, so the other steps neither
  * have the server write them out nor parse them. */
-#define TURN_LOAD_SQL(passages)                                                                  \
-    "SELECT t.id, t.account_id, t.conversation_id, t.message_id, t.inbox_id, t.channel,"       \
-    " t.contact::text, t.content, t.state, t.question, " passages ", t.decision::text,"         \
-    " t.outcome_reason, extract(epoch FROM t.received_at)::float8,"                            \
-    " (SELECT max(n.message_id) FROM turns n"                                                  \
-    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"          \
+#define TURN_LOAD_SQL(passages)                                                                    \
+    "SELECT t.id, t.account_id, t.conversation_id, t.message_id, t.inbox_id, t.channel,"           \
+    " t.contact::text, t.content, t.state, t.question, " passages ", t.decision::text,"            \
+    " t.outcome_reason, extract(epoch FROM t.received_at)::float8,"                                \
+    " (SELECT max(n.message_id) FROM turns n"                                                      \
+    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"              \
     " FROM turns t WHERE t.id = $1"
 
 static const char TURN_LOAD_BASE_SQL[] = TURN_LOAD_SQL("NULL");

@@ -7,8 +7,8 @@
  * table), analysed (autovacuum off for the table so the statistics change only when the
  * test says so).
  *  - The texts kb_search_terms computes in C from the cached statistics equal those of the
- *    statement kb_search ran per question before the cache (REF_LOOKUP_SQL below, the
- *    reference, kept here verbatim), as sets of OR-ed terms, for a set of questions, at
+ *    statement kb_search ran per question before the cache (kb_search_lookup_sql(), kept
+ *    in the library as the reference), as sets of OR-ed terms, for a set of questions, at
  *    both sizes; and the cutoffs bite (common words left out of the rare-word and
  *    two-word texts).
  *  - The cache is used: N searches read the statistics once; an ANALYZE is not seen until
@@ -33,33 +33,6 @@
 #include <string.h>
 #include <unistd.h>
 #include <uv.h>
-
-/* The per-question lookup kb_search ran before the statistics were cached (lib/kb_search.c,
- * KB_LOOKUP_SQL as of the change): the reference for the texts computed in C. */
-static const char REF_LOOKUP_SQL[] =
-    "WITH kb AS MATERIALIZED ("
-    " SELECT id, ts_config FROM knowledge_bases WHERE name = $1),"
-    " mce AS MATERIALIZED ("
-    " SELECT e.l, e.f FROM pg_stats s,"
-    "  unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(l, f)"
-    " WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks'"
-    "  AND s.attname = 'tsv'),"
-    " w AS MATERIALIZED ("
-    " SELECT DISTINCT t.m[1] AS tok, coalesce(mce.f, 0) AS freq"
-    " FROM kb, regexp_matches(websearch_to_tsquery(kb.ts_config, $2)::text,"
-    "  '''(?:[^'']|'''')*''', 'g') AS t(m)"
-    " LEFT JOIN mce ON quote_literal(mce.l) = t.m[1]),"
-    " n AS (SELECT greatest(reltuples, 0) AS n FROM pg_class"
-    "  WHERE oid = 'kb_chunks'::regclass),"
-    " r AS (SELECT tok, freq, sum(freq) OVER (ORDER BY freq, tok) AS cum,"
-    "  row_number() OVER (ORDER BY freq, tok) AS rn FROM w)"
-    " SELECT kb.id, kb.ts_config::text,"
-    "  (SELECT string_agg(tok, ' | ') FROM w),"
-    "  (SELECT string_agg(tok, ' | ') FROM r, n WHERE cum * n.n <= 2000 OR rn = 1),"
-    "  (SELECT string_agg('(' || a.tok || ' & ' || b.tok || ')', ' | ')"
-    "   FROM w a JOIN w b ON a.tok < b.tok, n"
-    "   WHERE greatest(a.freq, b.freq) * n.n <= greatest(2000, 0.1 * n.n))"
-    " FROM kb";
 
 static uv_loop_t loop;
 static struct pg_pool *pool;
@@ -206,7 +179,7 @@ static void terms_ref(const char *kb, const char *question, struct terms *out)
     char *any = NULL, *neg = NULL;
     kb_search_any_words(question, &any, &neg);
     const char *params[] = {kb, any};
-    PGresult *r = PQexecParams(db, REF_LOOKUP_SQL, 2, NULL, params, NULL, NULL, 0);
+    PGresult *r = PQexecParams(db, kb_search_lookup_sql(), 2, NULL, params, NULL, NULL, 0);
     cr_assert(PQresultStatus(r) == PGRES_TUPLES_OK, "%s", PQerrorMessage(db));
     out->done = 1;
     out->found = PQntuples(r) == 1;
