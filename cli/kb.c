@@ -798,7 +798,7 @@ static void kb_on_explain(const struct pg_result *r, void *arg)
 
 struct kb_terms_wait {
     int done;
-    char *v[5]; /* id, ts_config, any, rare, two */
+    char *v[6]; /* id, ts_config, any, rare, two, neg */
     char *err;
 };
 
@@ -810,8 +810,8 @@ static void kb_on_terms(const char *err, const struct kb_terms *t, void *arg)
         w->err = xstrdup(err ? err : "kb search: no such knowledge base");
         return;
     }
-    const char *v[] = {t->kb_id, t->ts_config, t->any, t->rare, t->two};
-    for (int i = 0; i < 5; i++)
+    const char *v[] = {t->kb_id, t->ts_config, t->any, t->rare, t->two, t->neg};
+    for (int i = 0; i < 6; i++)
         w->v[i] = v[i] ? xstrdup(v[i]) : NULL;
 }
 
@@ -820,8 +820,9 @@ static void kb_on_terms(const char *err, const struct kb_terms *t, void *arg)
  * kb_search_terms computed (the lexeme statistics it read, if any, are not shown). */
 static void kb_explain(struct kb_cli *c, const char *question, size_t k)
 {
-    char *any = NULL, *neg = NULL;
+    char *any = NULL, *neg = NULL; /* the lookup's $2 (neg comes with the terms) */
     kb_search_any_words(question, &any, &neg);
+    free(neg);
     const char *lp[] = {c->kb, any};
     struct kb_terms_wait l = {0};
     if (kb_search_terms(c->pool, c->kb, question, kb_on_terms, &l) == 0)
@@ -837,7 +838,7 @@ static void kb_explain(struct kb_cli *c, const char *question, size_t k)
         char *sql = xasprintf("EXPLAIN (ANALYZE, BUFFERS) %s", kb_search_fulltext_sql());
         char *kstr = xasprintf("%zu", k);
         char *and_text = kb_search_and_text(question);
-        const char *params[] = {l.v[0], l.v[1], and_text, l.v[2], neg, kstr, l.v[3], l.v[4]};
+        const char *params[] = {l.v[0], l.v[1], and_text, l.v[2], l.v[5], kstr, l.v[3], l.v[4]};
         memset(&w, 0, sizeof(w));
         puts("");
         if (pg_query(c->pool, sql, 8, params, kb_on_explain, &w) == 0)
@@ -846,11 +847,10 @@ static void kb_explain(struct kb_cli *c, const char *question, size_t k)
         free(sql);
         free(kstr);
     }
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         free(l.v[i]);
     free(l.err);
     free(any);
-    free(neg);
 }
 
 static int kb_cmd_search(struct kb_cli *c, struct kb_args *a, int npos, char **pos)

@@ -297,6 +297,7 @@ struct kb_terms_req {
     kb_terms_cb cb;
     void *arg;
     char *kb_id, *ts_config, *tsquery; /* from QUESTION_SQL; tsquery may be NULL */
+    char *neg;                         /* the negated words (kb_search_any_words), or NULL */
     struct kb_terms_req *next;         /* in the waiters of a refresh */
 };
 
@@ -345,6 +346,7 @@ static void kb_terms_req_free(struct kb_terms_req *t)
     free(t->kb_id);
     free(t->ts_config);
     free(t->tsquery);
+    free(t->neg);
     free(t);
 }
 
@@ -573,7 +575,7 @@ static void kb_terms_deliver(struct kb_terms_req *t, const struct kb_lexstats *s
     if (err) {
         t->cb(err, NULL, t->arg);
     } else {
-        struct kb_terms out = {.kb_id = t->kb_id, .ts_config = t->ts_config};
+        struct kb_terms out = {.kb_id = t->kb_id, .ts_config = t->ts_config, .neg = t->neg};
         char *any, *rare, *two;
         kb_terms_compute(t->tsquery, st, &any, &rare, &two);
         out.any = any;
@@ -682,12 +684,11 @@ int kb_search_terms(struct pg_pool *pool, const char *kb, const char *question, 
     t->pool = pool;
     t->cb = cb;
     t->arg = arg;
-    char *any = NULL, *neg = NULL;
-    kb_search_any_words(question, &any, &neg);
+    char *any = NULL;
+    kb_search_any_words(question, &any, &t->neg);
     const char *params[] = {kb, any};
     int rc = pg_query(pool, QUESTION_SQL, 2, params, kb_terms_on_question, t);
     free(any);
-    free(neg);
     if (rc != 0) {
         kb_terms_req_free(t);
         return -1;
@@ -876,15 +877,11 @@ static void kb_search_on_terms(const char *err, const struct kb_terms *t, void *
         return;
     }
     s->kb_id = xstrdup(t->kb_id);
-    char *any = NULL, *neg = NULL;
-    kb_search_any_words(s->question, &any, &neg);
     char *and_text = kb_search_and_text(s->question);
     const char *params[] = {s->kb_id, t->ts_config, and_text, t->any,
-                            neg,      s->limit,     t->rare,  t->two};
+                            t->neg,   s->limit,     t->rare,  t->two};
     int rc = pg_query(s->pool, FULLTEXT_SQL, 8, params, kb_search_on_fts, s);
     free(and_text);
-    free(any);
-    free(neg);
     if (rc != 0)
         kb_search_fail(s, NULL);
 }

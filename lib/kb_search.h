@@ -118,6 +118,7 @@ struct kb_terms {
     const char *any;       /* any-word tsquery text; NULL when the question has no lexeme */
     const char *rare;      /* rare-word tsquery text; NULL when it has no lexeme */
     const char *two;       /* two-word tsquery text; NULL when no pair qualifies */
+    const char *neg;       /* the question's negated words (kb_search_any_words), or NULL */
 };
 
 /* err NULL: t is the terms, or NULL when there is no such knowledge base. err set ("kb
