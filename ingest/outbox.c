@@ -538,6 +538,20 @@ static void outbox_on_drain_reply(struct redis *r, redisReply *reply, void *data
     outbox_drain(ob);
 }
 
+/* Split the spool records recs[0..n) into items; returns how many leading ones are jobs. */
+static int outbox_items_split(const char *const *recs, const size_t *lens, int n,
+                              struct outbox_item *items)
+{
+    int i = 0;
+    for (; i < n; i++) {
+        struct outbox_item *it = &items[i];
+        if (outbox_record_split(recs[i], lens[i], &it->delivery, &it->dlen, &it->payload,
+                                &it->len) != 0)
+            break;
+    }
+    return i;
+}
+
 /* Push the oldest spooled records (one transaction of up to OUTBOX_BATCH_MAX), if Redis is
  * up and no drain push is in flight. */
 static void outbox_drain(struct outbox *ob)
@@ -555,13 +569,7 @@ static void outbox_drain(struct outbox *ob)
         return;
     /* A record that is not a job ends the list; alone at its head it is dropped. */
     struct outbox_item items[OUTBOX_BATCH_MAX];
-    int good = 0;
-    for (; good < n; good++) {
-        struct outbox_item *it = &items[good];
-        if (outbox_record_split(recs[good], lens[good], &it->delivery, &it->dlen, &it->payload,
-                                &it->len) != 0)
-            break;
-    }
+    int good = outbox_items_split(recs, lens, n, items);
     if (good == 0) {
         log_error("outbox: spool record of %zu bytes is not a job; dropping it", lens[0]);
         if (spool_peek(ob->spool, &recs[0], &lens[0], err, sizeof err) == 1 &&
@@ -570,14 +578,11 @@ static void outbox_drain(struct outbox *ob)
         return;
     }
     if (good < n) {
-        /* Peek again (the records may move): the same first `good` records, which split. */
+        /* The spool removes what its last peek returned: peek the jobs alone, and split them
+         * again (a peek may move the records). */
         n = spool_peek_n(ob->spool, (size_t)good, OUTBOX_BATCH_BYTES, recs, lens, err, sizeof err);
-        for (int i = 0; i < n; i++) {
-            struct outbox_item *it = &items[i];
-            if (i >= good || outbox_record_split(recs[i], lens[i], &it->delivery, &it->dlen,
-                                                 &it->payload, &it->len) != 0)
-                n = i;
-        }
+        if (n > 0)
+            n = outbox_items_split(recs, lens, n, items);
     }
     if (n > 0 && outbox_send(ob, items, (size_t)n, outbox_on_drain_reply, ob) == 0)
         ob->drain_busy = (size_t)n;
