@@ -658,6 +658,110 @@ Test(async, error_reply_and_not_connected)
     redisFree(c);
 }
 
+/* ---- the connection's deferred writes (lib/redis.c's event adapter) ------------------- */
+
+struct reply_log {
+    int calls;
+    long long integer;
+    size_t len;
+    char error[160];
+};
+
+static void on_reply(struct redis *r, redisReply *reply, void *data)
+{
+    (void)r;
+    struct reply_log *l = data;
+    l->calls++;
+    if (!reply)
+        snprintf(l->error, sizeof l->error, "no reply");
+    else if (reply->type == REDIS_REPLY_ERROR)
+        snprintf(l->error, sizeof l->error, "%s", reply->str);
+    else if (reply->type == REDIS_REPLY_INTEGER)
+        l->integer = reply->integer;
+    else if (reply->type == REDIS_REPLY_STRING)
+        l->len = reply->len;
+}
+
+struct timer_push {
+    struct redis *redis;
+    struct reply_log log;
+    int watchdog_fired;
+};
+
+static void on_submit_timer(uv_timer_t *t)
+{
+    struct timer_push *tp = t->data;
+    cr_assert_eq(redis_command(tp->redis, on_reply, &tp->log, "INCR tierone:test:deferred"), 0);
+}
+
+static void on_watchdog(uv_timer_t *t)
+{
+    ((struct timer_push *)t->data)->watchdog_fired = 1;
+}
+
+/* Commands are written by a deferred flush, not when the socket polls writable. One
+ * submitted from a timer, on a loop with nothing else to do, is still sent and answered.
+ * (That it goes out before the loop blocks, rather than at the connection's next 100 ms
+ * watchdog tick, is latency: bench/pipeline.sh's paced run measures it.) */
+Test(async, a_command_from_a_timer_is_sent)
+{
+    redisContext *c = db_connect();
+    cmd_ok(c, "SET tierone:test:deferred 41");
+    struct async_env e;
+    async_start(&e);
+    uv_timer_stop(&e.tick); /* nothing but Redis and the two timers below */
+    struct timer_push tp = {.redis = e.redis};
+    uv_timer_t submit, watchdog;
+    uv_timer_init(&e.loop, &submit);
+    uv_timer_init(&e.loop, &watchdog);
+    submit.data = watchdog.data = &tp;
+    uv_timer_start(&submit, on_submit_timer, 1, 0);
+    uv_timer_start(&watchdog, on_watchdog, 3000, 0);
+    while (!tp.log.calls && !tp.watchdog_fired)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    cr_expect_eq(tp.log.calls, 1, "the INCR was not answered within 3 s");
+    cr_expect_str_eq(tp.log.error, "");
+    cr_expect_eq(tp.log.integer, 42);
+    uv_close((uv_handle_t *)&submit, NULL);
+    uv_close((uv_handle_t *)&watchdog, NULL);
+    uv_timer_start(&e.tick, on_tick, 5, 5);
+    async_stop(&e);
+    redisFree(c);
+}
+
+/* A write larger than the socket takes at once finishes through POLLOUT, and commands
+ * submitted while it is in progress follow it in order. */
+Test(async, a_write_the_socket_cannot_take_whole_completes_in_order)
+{
+    redisContext *c = db_connect();
+    cmd_ok(c, "DEL tierone:test:big tierone:test:after");
+    struct async_env e;
+    async_start(&e);
+    size_t big = 24u << 20;
+    char *value = malloc(big);
+    cr_assert_not_null(value);
+    memset(value, 'x', big);
+    struct reply_log set = {0}, append = {0}, len = {0};
+    const char *argv[] = {"SET", "tierone:test:big", value};
+    const size_t lens[] = {3, 16, big};
+    cr_assert_eq(redis_command_argv(e.redis, on_reply, &set, 3, argv, lens), 0);
+    free(value); /* hiredis copied it into its output buffer */
+    /* let part of it go out, then queue more behind it */
+    for (int i = 0; i < 3 && !set.calls; i++)
+        uv_run(&e.loop, UV_RUN_ONCE);
+    cr_assert_eq(redis_command(e.redis, on_reply, &append, "APPEND tierone:test:big y"), 0);
+    cr_assert_eq(redis_command(e.redis, on_reply, &len, "STRLEN tierone:test:big"), 0);
+    run_until(&e, &len.calls, "STRLEN");
+    cr_expect_eq(set.calls, 1);
+    cr_expect_str_eq(set.error, "");
+    cr_expect_eq(append.calls, 1);
+    cr_expect_eq(append.integer, (long long)big + 1, "APPEND ran after the whole SET");
+    cr_expect_eq(len.integer, (long long)big + 1);
+    async_stop(&e);
+    cmd_ok(c, "DEL tierone:test:big");
+    redisFree(c);
+}
+
 /* ---- interop with Ruby Sidekiq -------------------------------------------------------- */
 
 Test(interop, c_pushes_ruby_reads)
