@@ -33,6 +33,7 @@
 #include "supervisor.h"
 #include "xalloc.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -566,6 +567,13 @@ int main(int argc, char **argv)
     }
     log_init("ingest", (enum log_level)in.cfg.log_level);
     signal(SIGPIPE, SIG_IGN);
+    /* Each loop iteration builds a batch for Redis (hiredis's output buffer, the payloads)
+     * and frees it once written and answered. With glibc's 128 KB trim threshold that
+     * returned the heap top to the kernel about once per iteration under load (brk, then
+     * page faults to get it back: 3,000 brk and 8,000 faults a second at 50k req/s). Keep
+     * up to 1 MB of free heap top instead; peak RSS is set by the peak batch either way. */
+    mallopt(M_TRIM_THRESHOLD, 1 << 20);
+    mallopt(M_TOP_PAD, 256 << 10);
     uv_loop_init(&in.loop);
     in.index = 1;
     char err[512];
