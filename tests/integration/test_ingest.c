@@ -907,6 +907,30 @@ static int dead_port(void)
     return ntohs(a.sin_port);
 }
 
+/* A port p such that p .. p + n - 1 were all free a moment ago (held together while
+ * looking, so none of them is a port something else already listens on). */
+static int free_port_run(int n)
+{
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int base = dead_port(), fds[8], ok = 1, k;
+        cr_assert_leq(n, 8);
+        if (base + n - 1 > 65535)
+            continue;
+        for (k = 0; k < n && ok; k++) {
+            fds[k] = socket(AF_INET, SOCK_STREAM, 0);
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(base + k))};
+            a.sin_addr.s_addr = htonl(0x7f000001);
+            ok = bind(fds[k], (struct sockaddr *)&a, sizeof a) == 0;
+        }
+        while (k-- > 0)
+            close(fds[k]);
+        if (ok)
+            return base;
+    }
+    cr_assert_fail("no run of %d free ports", n);
+    return 0;
+}
+
 Test(ingest, redis_down_spools_and_the_next_start_drains)
 {
     char url[64];
@@ -1126,7 +1150,7 @@ Test(ingest, several_processes_share_the_port_and_each_spools_to_its_own_file)
 
 Test(ingest, sigterm_to_the_parent_stops_every_process_and_loses_nothing)
 {
-    int admin = dead_port();
+    int admin = free_port_run(3); /* the shared admin port, then one per process */
     char *admin_env = xfmt("TIERONE_ADMIN_PORT=%d", admin);
     const char *extra[] = {"TIERONE_INGEST_PROCESSES=2", admin_env, NULL};
     struct shim_proc p;
