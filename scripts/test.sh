@@ -241,9 +241,11 @@ else
   else
     FAILED_ANY=1
   fi
-  # A short libFuzzer run over the ingest request path (parser, headers, signature, JSON
-  # sniff); the long runs are reported in the issues' closing notes.
-  step "fuzz (ingest, 30 s)" bash fuzz/run.sh 30 || FAILED_ANY=1
+  # Short libFuzzer runs over the ingest request path (parser, headers, signature, JSON
+  # sniff) and over the worker's reading of a webhook; the long runs are reported in the
+  # issues' closing notes.
+  step "fuzz (ingest, 20 s)" bash fuzz/run.sh 20 || FAILED_ANY=1
+  step "fuzz (chatwoot webhook, 10 s)" bash fuzz/run.sh 10 fuzz_chatwoot_webhook || FAILED_ANY=1
 fi
 
 banner "stopping services"
