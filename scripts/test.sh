@@ -30,6 +30,8 @@ cd "$ROOT"
 source scripts/lib/deps.sh
 # shellcheck source=scripts/lib/services.sh
 source scripts/lib/services.sh
+# test_plans reads pg_stat_statements (buffers per call of the pipeline's statements)
+export SERVICES_PG_PRELOAD=pg_stat_statements
 
 BUILD_DIR=${TIERONE_BUILD_DIR:-build}
 ASAN_BUILD_DIR=${TIERONE_ASAN_BUILD_DIR:-build-asan}

@@ -23,6 +23,9 @@
 # The cluster's superuser is `postgres` (trust over the unix socket in the temp dir only);
 # the role `tierone` (LOGIN CREATEDB, owner of database `tierone`) logs in over TCP with a
 # password (scram-sha-256), as production does.
+# SERVICES_PG_PRELOAD (e.g. pg_stat_statements): shared_preload_libraries for the cluster;
+# with pg_stat_statements its view exists in every database created from template1
+# (scripts/test.sh sets it for test_plans; the benchmarks leave it off).
 
 SERVICES_DIR=""        # temp dir holding everything
 SERVICES_REDIS_PID=""  # pid of redis-server (a child of this shell)
@@ -199,7 +202,8 @@ services_pg_ctl_start() {
   services_as_pg "$TIERONE_TEST_PG_BINDIR/pg_ctl" -D "$pg/data" -l "$pg/postgres.log" \
     -w -t 60 -s \
     -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$pg/sock \
--c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200\
+${SERVICES_PG_PRELOAD:+ -c shared_preload_libraries=$SERVICES_PG_PRELOAD}" \
     start </dev/null >/dev/null 2>&1 || rc=1
   SERVICES_PG_PID=$(head -n 1 "$pg/data/postmaster.pid" 2>/dev/null || true)
   [ "$rc" -eq 0 ] || return 1
@@ -226,6 +230,12 @@ services_start_postgres() {
     if services_pg_ctl_start "$port"; then
       export TIERONE_TEST_PG_PORT="$port"
       services_pg_sql "CREATE ROLE tierone LOGIN CREATEDB PASSWORD '$SERVICES_PG_PASSWORD'" || return 1
+      if [[ ",${SERVICES_PG_PRELOAD:-}," == *,pg_stat_statements,* ]]; then
+        # in template1, so every database a test creates has the view
+        services_as_pg "$TIERONE_TEST_PG_BINDIR/psql" -X -q -h "$SERVICES_DIR/pg/sock" -p "$port" \
+          -U postgres -d template1 -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
+          >/dev/null || return 1
+      fi
       services_pg_create_db || return 1
       export TIERONE_TEST_DATABASE_URL="postgresql://tierone:$SERVICES_PG_PASSWORD@127.0.0.1:$port/tierone"
       if ! "$TIERONE_TEST_PG_BINDIR/psql" -X -q -t -c 'SELECT 1' "$TIERONE_TEST_DATABASE_URL" >/dev/null; then
