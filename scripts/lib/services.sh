@@ -230,6 +230,9 @@ services_start_postgres() {
     if services_pg_ctl_start "$port"; then
       export TIERONE_TEST_PG_PORT="$port"
       services_pg_sql "CREATE ROLE tierone LOGIN CREATEDB PASSWORD '$SERVICES_PG_PASSWORD'" || return 1
+      # The tests drop their databases WITH (FORCE), which must also end an autovacuum
+      # worker that happens to be in one; that takes pg_signal_backend.
+      services_pg_sql "GRANT pg_signal_backend TO tierone" || return 1
       if [[ ",${SERVICES_PG_PRELOAD:-}," == *,pg_stat_statements,* ]]; then
         # in template1, so every database a test creates has the view
         services_as_pg "$TIERONE_TEST_PG_BINDIR/psql" -X -q -h "$SERVICES_DIR/pg/sock" -p "$port" \
