@@ -183,33 +183,6 @@ static void bp_proc(pid_t pid, long *hwm_kb, double *cpu_s)
         fclose(f);
 }
 
-/* n answered turns from two days ago, in conversations 1,000,001 on (the measured ones are
- * 1..N), then ANALYZE (see the header). */
-static int bp_history(struct bp_run *r, long n)
-{
-    char sql[2048];
-    snprintf(sql, sizeof sql,
-             "INSERT INTO conversations (account_id, conversation_id, inbox_id, status)"
-             " SELECT 1, 1000000 + g, 1, 'resolved' FROM generate_series(1, %ld) g;"
-             "INSERT INTO turns (account_id, conversation_id, message_id, inbox_id, content,"
-             " received_at, state, question, passages, decision, finished_at)"
-             " SELECT 1, 1000000 + g, g, 1, 'an older question', now() - interval '2 days',"
-             " 'answered',"
-             " 'an older question', '[]', '{\"action\": \"answer\", \"answer\": \"yes\"}',"
-             " now() - interval '2 days' FROM generate_series(1, %ld) g;"
-             "INSERT INTO effects (turn_id, kind, state, created_at, done_at)"
-             " SELECT id, 'reply', 'sent', received_at, received_at FROM turns"
-             " WHERE conversation_id > 1000000;"
-             "ANALYZE",
-             n, n);
-    PGresult *res = PQexec(r->st.pg, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        fprintf(stderr, "bench_pipeline: history: %s", PQerrorMessage(r->st.pg));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
 static int bp_usage(void)
 {
     fprintf(stderr, "usage: bench_pipeline burst|paced|inflight [--turns N] [--rate R] "
@@ -295,7 +268,7 @@ int main(int argc, char **argv)
     for (long i = 0; i < r.nturns; i++)
         test_stack_conversation(&r.st, i + 1, "pending");
 
-    int ok = bp_history(&r, o.history) == 0;
+    int ok = test_stack_history(&r.st, o.history) == 0;
     /* Warm-up: started, connected, every code path touched once. */
     for (long i = 0; ok && i < o.warmup; i++)
         ok = bp_post(&r, i) == 0;

@@ -49,13 +49,10 @@ static void down(void)
  * the shim accepted it. Returns the Chatwoot message id. */
 static long customer_says(long conv, long msg, const char *text)
 {
-    long id = fake_chatwoot_add_message(st.cw, 1, conv, 0, text, 0);
-    cr_assert_gt(id, 0);
-    char *body = test_stack_message(conv, id, "pending", "incoming", "contact", text, 0, NULL);
     char delivery[64];
     snprintf(delivery, sizeof delivery, "d-%ld-%ld", conv, msg);
-    cr_assert_eq(test_stack_post(&st, HOOK, delivery, body), 202);
-    free(body);
+    long id = test_stack_customer_says(&st, conv, text, delivery);
+    cr_assert_gt(id, 0, "the shim did not accept conversation %ld's message", conv);
     return id;
 }
 

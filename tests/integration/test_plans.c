@@ -13,7 +13,6 @@
  * the fake model), and pg_stat_statements (loaded by scripts/test.sh: SERVICES_PG_PRELOAD)
  * says how many shared buffers each of the pipeline's statements touched per call. The
  * knowledge base's statements are left out: they read the documents. */
-#include "fake_chatwoot.h"
 #include "fake_llm.h"
 #include "test_pg.h"
 #include "test_stack.h"
@@ -26,7 +25,6 @@
 
 #define REDIS_DB  13
 #define PG_NAME   "tierone_test_plans"
-#define HOOK      "/webhooks/agent-bot"
 #define QUESTIONS 40
 /* An index lookup, an update of a row and its indexes, an insert with its foreign-key
  * check: tens of buffers. Walking 3,000 open turns or effects: thousands. */
@@ -34,52 +32,22 @@
 
 static struct test_stack st;
 
-static void exec_ok(const char *sql)
-{
-    PGresult *r = PQexec(st.pg, sql);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
-    cr_assert(ok, "%s: %s", sql, PQerrorMessage(st.pg));
-    PQclear(r);
-}
-
 static void in_service(void)
 {
-    exec_ok("ALTER TABLE turns SET (autovacuum_enabled = off);"
-            "ALTER TABLE effects SET (autovacuum_enabled = off);"
-            "ALTER TABLE conversations SET (autovacuum_enabled = off)");
-    exec_ok("INSERT INTO conversations (account_id, conversation_id, inbox_id, status)"
-            " SELECT 1, 1000000 + g, 1, 'resolved' FROM generate_series(1, 20000) g;"
-            "INSERT INTO turns (account_id, conversation_id, message_id, inbox_id, content,"
-            " received_at, state, question, passages, decision, finished_at)"
-            " SELECT 1, 1000000 + g, g, 1, 'an older question', now() - interval '2 days',"
-            " 'answered', 'an older question', '[]',"
-            " '{\"action\": \"answer\", \"answer\": \"yes\"}', now() - interval '2 days'"
-            " FROM generate_series(1, 20000) g;"
-            "INSERT INTO effects (turn_id, kind, state, created_at, done_at)"
-            " SELECT id, 'reply', 'sent', received_at, received_at FROM turns"
-            " WHERE conversation_id > 1000000");
-    exec_ok("ANALYZE conversations; ANALYZE turns; ANALYZE effects");
+    test_pg_exec(st.pg, "ALTER TABLE turns SET (autovacuum_enabled = off);"
+                        "ALTER TABLE effects SET (autovacuum_enabled = off);"
+                        "ALTER TABLE conversations SET (autovacuum_enabled = off)");
+    cr_assert_eq(test_stack_history(&st, 20000), 0, "cannot build the history");
     /* what the statistics do not know: a burst's open turns and its recent effects */
-    exec_ok("INSERT INTO conversations (account_id, conversation_id, inbox_id, status)"
-            " SELECT 1, 2000000 + g, 1, 'pending' FROM generate_series(1, 3000) g;"
-            "INSERT INTO turns (account_id, conversation_id, message_id, inbox_id, content,"
-            " received_at, state)"
-            " SELECT 1, 2000000 + g, 100000 + g, 1, 'a question in flight', now(), 'open'"
-            " FROM generate_series(1, 3000) g;"
-            "INSERT INTO effects (turn_id, kind, state)"
-            " SELECT id, 'reply', 'pending' FROM turns WHERE conversation_id > 2000000");
-}
-
-static void ask(long conv)
-{
-    long id = fake_chatwoot_add_message(st.cw, 1, conv, 0, "How do I reset my password?", 0);
-    cr_assert_gt(id, 0);
-    char *body = test_stack_message(conv, id, "pending", "incoming", "contact",
-                                    "How do I reset my password?", 0, NULL);
-    char delivery[64];
-    snprintf(delivery, sizeof delivery, "plans-%ld", conv);
-    cr_assert_eq(test_stack_post(&st, HOOK, delivery, body), 202);
-    free(body);
+    test_pg_exec(st.pg,
+                 "INSERT INTO conversations (account_id, conversation_id, inbox_id, status)"
+                 " SELECT 1, 2000000 + g, 1, 'pending' FROM generate_series(1, 3000) g;"
+                 "INSERT INTO turns (account_id, conversation_id, message_id, inbox_id, content,"
+                 " received_at, state)"
+                 " SELECT 1, 2000000 + g, 100000 + g, 1, 'a question in flight', now(), 'open'"
+                 " FROM generate_series(1, 3000) g;"
+                 "INSERT INTO effects (turn_id, kind, state)"
+                 " SELECT id, 'reply', 'pending' FROM turns WHERE conversation_id > 2000000");
 }
 
 Test(plans, the_pipelines_statements_touch_few_buffers_on_a_database_in_service, .timeout = 240)
@@ -95,8 +63,11 @@ Test(plans, the_pipelines_statements_touch_few_buffers_on_a_database_in_service,
     free(ext);
     in_service();
     for (long conv = 1; conv <= QUESTIONS; conv++) {
+        char delivery[64];
+        snprintf(delivery, sizeof delivery, "plans-%ld", conv);
         test_stack_conversation(&st, conv, "pending");
-        ask(conv);
+        cr_assert_gt(test_stack_customer_says(&st, conv, "How do I reset my password?", delivery),
+                     0, "the shim did not accept conversation %ld's message", conv);
     }
     char want[16];
     snprintf(want, sizeof want, "%d", QUESTIONS);

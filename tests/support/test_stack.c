@@ -384,6 +384,43 @@ static int stack_idle(struct test_stack *s)
     return idle;
 }
 
+long test_stack_customer_says(struct test_stack *s, long conv, const char *text,
+                              const char *delivery)
+{
+    long id = fake_chatwoot_add_message(s->cw, 1, conv, 0, text, 0);
+    if (id <= 0)
+        return -1;
+    char *body = test_stack_message(conv, id, "pending", "incoming", "contact", text, 0, NULL);
+    int status = test_stack_post(s, "/webhooks/agent-bot", delivery, body);
+    free(body);
+    return status == 202 ? id : -1;
+}
+
+int test_stack_history(struct test_stack *s, long n)
+{
+    char sql[2048];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO conversations (account_id, conversation_id, inbox_id, status)"
+             " SELECT 1, 1000000 + g, 1, 'resolved' FROM generate_series(1, %ld) g;"
+             "INSERT INTO turns (account_id, conversation_id, message_id, inbox_id, content,"
+             " received_at, state, question, passages, decision, finished_at)"
+             " SELECT 1, 1000000 + g, g, 1, 'an older question', now() - interval '2 days',"
+             " 'answered',"
+             " 'an older question', '[]', '{\"action\": \"answer\", \"answer\": \"yes\"}',"
+             " now() - interval '2 days' FROM generate_series(1, %ld) g;"
+             "INSERT INTO effects (turn_id, kind, state, created_at, done_at)"
+             " SELECT id, 'reply', 'sent', received_at, received_at FROM turns"
+             " WHERE conversation_id > 1000000;"
+             "ANALYZE",
+             n, n);
+    PGresult *res = PQexec(s->pg, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        fprintf(stderr, "test_stack: history: %s", PQerrorMessage(s->pg));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
 int test_stack_wait_idle(struct test_stack *s, unsigned timeout_ms)
 {
     unsigned long long deadline = stack_now_ms() + timeout_ms;

@@ -77,6 +77,19 @@ char *test_stack_status_change(long conv, const char *status);
 /* Seed conversation conv (pending, inbox 1, a contact) in the fake Chatwoot. */
 void test_stack_conversation(struct test_stack *s, long conv, const char *status);
 
+/* A customer writes text in pending conversation conv: the message is stored in the fake
+ * Chatwoot first (which gives it its id; a reconciling Reply searches the bot's posts after
+ * it), then its signed webhook goes to the shim's agent-bot path with X-Chatwoot-Delivery
+ * delivery. Returns the message id, or -1 when the shim did not answer 202. */
+long test_stack_customer_says(struct test_stack *s, long conv, const char *text,
+                              const char *delivery);
+
+/* Make the database one in service: n answered turns of two days ago in account 1,
+ * conversations 1,000,001 on, with their conversations and sent reply effects, then
+ * ANALYZE, so prepared plans are those of a database with a history. Returns 0, or -1
+ * with the error on stderr. */
+int test_stack_history(struct test_stack *s, long n);
+
 /* Wait (bounded, timeout_ms) until no turn is open and the pipeline's queues, schedule and
  * in-progress stores are empty. Returns 1, or 0 on timeout. */
 int test_stack_wait_idle(struct test_stack *s, unsigned timeout_ms);
