@@ -60,7 +60,8 @@ static int same_reading(const struct chatwoot_webhook *a, const struct chatwoot_
            same_str(a->assignee_type, b->assignee_type) &&
            same_str(a->assignee_name, b->assignee_name) &&
            a->assigned_to_human == b->assigned_to_human && same_str(a->marker, b->marker) &&
-           a->marker_turn == b->marker_turn && json_equal(a->sender, b->sender) == !!a->sender;
+           a->marker_turn == b->marker_turn && !a->sender == !b->sender &&
+           (!a->sender || json_equal(a->sender, b->sender));
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
