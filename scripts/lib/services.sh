@@ -166,10 +166,10 @@ services_pg_user() {
   fi
 }
 
-# Runs SQL $1 as the superuser over the cluster's unix socket.
+# Runs SQL $1 as the superuser over the cluster's unix socket, in database $2 (default postgres).
 services_pg_sql() {
   services_as_pg "$TIERONE_TEST_PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 \
-    -h "$SERVICES_DIR/pg/sock" -p "$TIERONE_TEST_PG_PORT" -U postgres -d postgres -c "$1"
+    -h "$SERVICES_DIR/pg/sock" -p "$TIERONE_TEST_PG_PORT" -U postgres -d "${2:-postgres}" -c "$1"
 }
 
 # initdb into $SERVICES_DIR/pg/data (once).
@@ -235,9 +235,7 @@ services_start_postgres() {
       services_pg_sql "GRANT pg_signal_backend TO tierone" || return 1
       if [[ ",${SERVICES_PG_PRELOAD:-}," == *,pg_stat_statements,* ]]; then
         # in template1, so every database a test creates has the view
-        services_as_pg "$TIERONE_TEST_PG_BINDIR/psql" -X -q -h "$SERVICES_DIR/pg/sock" -p "$port" \
-          -U postgres -d template1 -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
-          >/dev/null || return 1
+        services_pg_sql "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" template1 || return 1
       fi
       services_pg_create_db || return 1
       export TIERONE_TEST_DATABASE_URL="postgresql://tierone:$SERVICES_PG_PASSWORD@127.0.0.1:$port/tierone"
