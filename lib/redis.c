@@ -86,7 +86,6 @@ struct redis_ev {
     uv_prepare_t prepare;  /* ... or before the loop blocks */
     redisAsyncContext *ac; /* NULL once hiredis cleaned up */
     int events;            /* what the poll watches */
-    int dirty;             /* commands wait for the deferred flush */
     int flushing;          /* inside redisAsyncHandleWrite from a flush */
     int open_handles;      /* freed when the last one closed */
 };
@@ -131,11 +130,16 @@ static void redis_ev_update(struct redis_ev *e, int add, int remove)
         uv_poll_stop(&e->poll);
 }
 
+/* Commands wait for the deferred flush exactly while its handles are active. */
+static int redis_ev_flush_pending(const struct redis_ev *e)
+{
+    return uv_is_active((const uv_handle_t *)&e->check);
+}
+
 static void redis_ev_flush(struct redis_ev *e)
 {
-    if (!e->dirty)
+    if (!redis_ev_flush_pending(e))
         return;
-    e->dirty = 0;
     uv_check_stop(&e->check);
     uv_prepare_stop(&e->prepare);
     if (!e->ac)
@@ -173,8 +177,7 @@ static void redis_ev_add_write(void *p)
         redis_ev_update(e, UV_WRITABLE, 0);
         return;
     }
-    if (!e->dirty) {
-        e->dirty = 1;
+    if (!redis_ev_flush_pending(e)) {
         uv_check_start(&e->check, redis_ev_on_check);
         uv_prepare_start(&e->prepare, redis_ev_on_prepare);
     }
@@ -188,7 +191,6 @@ static void redis_ev_cleanup(void *p)
 {
     struct redis_ev *e = p;
     e->ac = NULL;
-    e->dirty = 0;
     uv_poll_stop(&e->poll);
     uv_close((uv_handle_t *)&e->poll, redis_ev_on_closed);
     uv_close((uv_handle_t *)&e->check, redis_ev_on_closed);
