@@ -911,9 +911,9 @@ static int dead_port(void)
  * looking, so none of them is a port something else already listens on). */
 static int free_port_run(int n)
 {
+    cr_assert_leq(n, 8);
     for (int attempt = 0; attempt < 100; attempt++) {
         int base = dead_port(), fds[8], ok = 1, k;
-        cr_assert_leq(n, 8);
         if (base + n - 1 > 65535)
             continue;
         for (k = 0; k < n && ok; k++) {
@@ -1536,6 +1536,28 @@ static void ob_submit_all(struct ob_env *e, const struct ob_case *cases, size_t 
     }
 }
 
+/* Submit the cases as one batch, run the loop until every callback ran, and check each
+ * result against its case. */
+static void ob_batch(struct ob_env *e, const struct ob_case *cases, size_t n, struct ob_slot *slots,
+                     const char *what)
+{
+    int count = 0;
+    ob_submit_all(e, cases, n, slots, &count);
+    ob_run_until(e, &count, (int)n, what);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(slots[i].res, cases[i].want, "%s: job %zu (%s): %d", what, i,
+                     cases[i].delivery ? cases[i].delivery : "-", slots[i].res);
+}
+
+/* Each of ids has its dedupe key, with a day's TTL. */
+static void expect_dedupe_keys(const char *const *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        long long ttl = test_redis_int(rc, "TTL " OUTBOX_DEDUPE_PREFIX "%s", ids[i]);
+        cr_assert(ttl > 86000 && ttl <= 86400, "%s: ttl %lld", ids[i], ttl);
+    }
+}
+
 Test(outbox, one_iteration_is_one_transaction_in_order_with_dedupe, .init = setup, .fini = teardown)
 {
     freeReplyObject(test_redis_cmd(rc, "SET " OUTBOX_DEDUPE_PREFIX "seen 1 EX 60"));
@@ -1550,14 +1572,8 @@ Test(outbox, one_iteration_is_one_transaction_in_order_with_dedupe, .init = setu
         {"d", OUTBOX_QUEUED},       {"e", OUTBOX_QUEUED},  {"d", OUTBOX_DUPLICATE},
         {"f", OUTBOX_QUEUED},
     };
-    size_t n = sizeof cases / sizeof cases[0];
     struct ob_slot slots[sizeof cases / sizeof cases[0]];
-    int count = 0;
-    ob_submit_all(&e, cases, n, slots, &count);
-    ob_run_until(&e, &count, (int)n, "the batch");
-    for (size_t i = 0; i < n; i++)
-        cr_assert_eq(slots[i].res, cases[i].want, "job %zu (%s): %d", i,
-                     cases[i].delivery ? cases[i].delivery : "-", slots[i].res);
+    ob_batch(&e, cases, sizeof cases / sizeof cases[0], slots, "the batch");
     char *q = queue_deliveries();
     cr_assert_str_eq(q, "a - b - c d e f");
     free(q);
@@ -1566,21 +1582,14 @@ Test(outbox, one_iteration_is_one_transaction_in_order_with_dedupe, .init = setu
     cr_assert_eq(ob_metric(&e, "tierone_ingest_jobs_total{result=\"queued\"}"), 8);
     cr_assert_eq(ob_metric(&e, "tierone_ingest_jobs_total{result=\"duplicate\"}"), 4);
     const char *ids[] = {"a", "b", "c", "d", "e", "f"};
-    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
-        long long ttl = test_redis_int(rc, "TTL " OUTBOX_DEDUPE_PREFIX "%s", ids[i]);
-        cr_assert(ttl > 86000 && ttl <= 86400, "%s: ttl %lld", ids[i], ttl);
-    }
+    expect_dedupe_keys(ids, sizeof ids / sizeof ids[0]);
     cr_assert_eq(test_redis_int(rc, "SISMEMBER queues events"), 1);
 
     /* A second batch: repeats of the first are recognised, new ids are queued. */
     const struct ob_case again[] = {
         {"a", OUTBOX_DUPLICATE}, {"g", OUTBOX_QUEUED}, {"f", OUTBOX_DUPLICATE}};
     struct ob_slot slots2[3];
-    count = 0;
-    ob_submit_all(&e, again, 3, slots2, &count);
-    ob_run_until(&e, &count, 3, "the second batch");
-    for (size_t i = 0; i < 3; i++)
-        cr_assert_eq(slots2[i].res, again[i].want, "job %zu", i);
+    ob_batch(&e, again, 3, slots2, "the second batch");
     q = queue_deliveries();
     cr_assert_str_eq(q, "a - b - c d e f g");
     free(q);
@@ -1603,7 +1612,7 @@ Test(outbox, a_batch_where_every_job_has_an_id, .init = setup, .fini = teardown)
     size_t n = sizeof cases / sizeof cases[0];
     struct ob_slot slots[sizeof cases / sizeof cases[0]];
     int count = 0;
-    ob_submit_all(&e, cases, n, slots, &count);
+    ob_submit_all(&e, cases, n, slots, &count); /* the refused submits below join its loop */
     char err[256], id[OUTBOX_MAX_DELIVERY + 2];
     memset(id, 'x', sizeof id - 1);
     id[sizeof id - 1] = '\0';
@@ -1620,20 +1629,13 @@ Test(outbox, a_batch_where_every_job_has_an_id, .init = setup, .fini = teardown)
     cr_assert_str_eq(q, "p q r s");
     free(q);
     const char *ids[] = {"p", "q", "r", "s"};
-    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
-        long long ttl = test_redis_int(rc, "TTL " OUTBOX_DEDUPE_PREFIX "%s", ids[i]);
-        cr_assert(ttl > 86000 && ttl <= 86400, "%s: ttl %lld", ids[i], ttl);
-    }
+    expect_dedupe_keys(ids, sizeof ids / sizeof ids[0]);
     cr_assert(test_redis_int(rc, "TTL " OUTBOX_DEDUPE_PREFIX "seen") <= 60,
               "a repeat does not renew the key");
 
     const struct ob_case again[] = {{"q", OUTBOX_DUPLICATE}, {"t", OUTBOX_QUEUED}};
     struct ob_slot slots2[2];
-    count = 0;
-    ob_submit_all(&e, again, 2, slots2, &count);
-    ob_run_until(&e, &count, 2, "the second batch");
-    for (size_t i = 0; i < 2; i++)
-        cr_assert_eq(slots2[i].res, again[i].want, "job %zu", i);
+    ob_batch(&e, again, 2, slots2, "the second batch");
     q = queue_deliveries();
     cr_assert_str_eq(q, "p q r s t");
     free(q);
@@ -1656,11 +1658,7 @@ Test(outbox, a_failed_transaction_spools_the_whole_batch_and_leaves_no_dedupe_ke
     };
     size_t n = sizeof cases / sizeof cases[0];
     struct ob_slot slots[sizeof cases / sizeof cases[0]];
-    int count = 0;
-    ob_submit_all(&e, cases, n, slots, &count);
-    ob_run_until(&e, &count, (int)n, "the batch");
-    for (size_t i = 0; i < n; i++)
-        cr_assert_eq(slots[i].res, OUTBOX_SPOOLED, "job %zu: %d", i, slots[i].res);
+    ob_batch(&e, cases, n, slots, "the batch"); /* every case wants OUTBOX_SPOOLED */
     cr_assert_eq(outbox_spool_depth(e.ob), n);
     /* Drain attempts keep failing the same way meanwhile: still no key, nothing pushed. */
     for (int i = 0; i < 5; i++)
