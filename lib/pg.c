@@ -11,7 +11,7 @@
 
 /* ---- request lists ----------------------------------------------------------------------- */
 
-static void pg_req_list_push(struct pg_req_list *l, struct pg_req *req)
+void pg_req_list_push(struct pg_req_list *l, struct pg_req *req)
 {
     req->next = NULL;
     if (l->tail)
@@ -22,7 +22,7 @@ static void pg_req_list_push(struct pg_req_list *l, struct pg_req *req)
     l->n++;
 }
 
-static struct pg_req *pg_req_list_pop(struct pg_req_list *l)
+struct pg_req *pg_req_list_pop(struct pg_req_list *l)
 {
     struct pg_req *req = l->head;
     if (!req)
@@ -42,6 +42,8 @@ struct pg_req *pg_req_new(struct pg_pool *p, enum pg_req_kind kind, const char *
     req->pool = p;
     req->kind = kind;
     req->sql = xstrdup(sql);
+    req->hash = sql ? pg_stmt_hash(sql) : 0;
+    req->stmt_no = -1;
     req->nparams = nparams;
     if (nparams > 0) {
         req->params = xcalloc((size_t)nparams, sizeof *req->params);
@@ -134,15 +136,24 @@ static void pg_pool_on_handle_closed(uv_handle_t *h)
 
 /* ---- the pool ---------------------------------------------------------------------------- */
 
-/* A slot that is up and free, or NULL. */
-static struct pg_conn *pg_pool_free_conn(struct pg_pool *p)
+/* The slot to take req now, or NULL: an idle one that accepts it; else, once no slot is
+ * still to be opened (each is up, backing off or held), the one that accepts it with the
+ * fewest statements on the wire. So the pool first grows to its size, and a statement
+ * queues in a pipeline only when every connection is busy. */
+static struct pg_conn *pg_pool_conn_for(struct pg_pool *p, const struct pg_req *req)
 {
+    struct pg_conn *best = NULL;
+    int opening = 0;
     for (unsigned i = 0; i < p->size; i++) {
         struct pg_conn *c = &p->conns[i];
-        if (c->state == PC_UP && !c->held && !c->cur)
-            return c;
+        opening |= (c->state == PC_DOWN || c->state == PC_CONNECTING) && !c->held;
+        if ((!best || c->wire.n < best->wire.n) && pg_conn_accepts(c, req)) {
+            best = c;
+            if (!c->wire.n)
+                return c;
+        }
     }
-    return NULL;
+    return opening ? NULL : best;
 }
 
 /* Hand waiting requests to free slots; open slots for the rest. Runs no callbacks. */
@@ -151,7 +162,7 @@ void pg_pool_dispatch(struct pg_pool *p)
     struct pg_conn *c;
     if (p->closing)
         return;
-    while (p->queue.head && (c = pg_pool_free_conn(p))) {
+    while (p->queue.head && (c = pg_pool_conn_for(p, p->queue.head))) {
         struct pg_req *req = pg_req_list_pop(&p->queue);
         if (req->kind == PQ_ACQUIRE) {
             c->held = 1;
@@ -285,6 +296,7 @@ struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct pg_pool_opts *opts, ch
     p->loop = loop;
     p->size = opts->size ? opts->size : 4;
     p->max_waiters = opts->max_waiters ? opts->max_waiters : 1000;
+    p->depth = opts->pipeline_depth ? opts->pipeline_depth : PG_PIPELINE_DEPTH;
     p->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : 5000;
     p->query_timeout_ms = opts->query_timeout_ms;
     p->wait_timeout_ms = opts->wait_timeout_ms ? opts->wait_timeout_ms : 10000;
@@ -312,7 +324,7 @@ int pg_query(struct pg_pool *p, const char *sql, int nparams, const char *const 
     struct pg_req *req = pg_req_new(p, PQ_QUERY, sql, nparams, params);
     req->cb = cb;
     req->arg = arg;
-    struct pg_conn *c = p->queue.head ? NULL : pg_pool_free_conn(p);
+    struct pg_conn *c = p->queue.head ? NULL : pg_pool_conn_for(p, req);
     if (c)
         pg_conn_send(c, req);
     else
@@ -339,11 +351,12 @@ void pg_pool_stats(const struct pg_pool *p, struct pg_pool_stats *out)
         if (c->state != PC_UP)
             continue;
         out->open++;
-        out->busy += c->held || c->cur;
+        out->busy += c->held || c->wire.n;
     }
     out->waiting = (unsigned)p->queue.n;
     out->queries_total = p->queries_total;
     out->errors_total = p->errors_total;
+    out->pipelined_total = p->pipelined_total;
 }
 
 /* ---- close ------------------------------------------------------------------------------- */
@@ -375,11 +388,8 @@ void pg_pool_close(struct pg_pool *p, void (*closed_cb)(void *arg), void *arg)
     struct pg_req *req;
     while ((req = pg_req_list_pop(&p->later)))
         pg_req_list_push(&pending, req);
-    for (unsigned i = 0; i < p->size; i++) {
-        struct pg_req *cur = pg_conn_shut(&p->conns[i]);
-        if (cur)
-            pg_req_list_push(&pending, cur);
-    }
+    for (unsigned i = 0; i < p->size; i++)
+        pg_conn_shut(&p->conns[i], &pending);
     while ((req = pg_req_list_pop(&p->queue)))
         pg_req_list_push(&pending, req);
     while ((req = pg_req_list_pop(&pending))) {

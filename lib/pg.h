@@ -15,6 +15,13 @@
  *    free, up to opts.size connections. A lost connection is noticed at once (an idle one
  *    too: its socket stays watched); the slot reconnects after a backoff (100 ms doubling
  *    to 5 s, reset by a successful connect) if queries are waiting.
+ *  - Pipelines (libpq's pipeline mode): a connection takes up to pipeline_depth statements
+ *    at once, each followed by its own Sync, so each still runs as its own transaction and
+ *    an error in one stops nothing behind it; results come back in order. A statement goes
+ *    to an idle connection first; only when every slot is open and busy does it queue
+ *    behind others on the connection with the fewest, and never behind a BEGIN (which goes
+ *    alone), behind a statement on the wire for more than 50 ms, or behind a Parse of its
+ *    own text not yet answered. A held connection runs one statement at a time.
  *  - A query that finds no free connection waits in a FIFO queue of at most max_waiters
  *    entries (also while the connections are being opened), each until its own deadline
  *    (wait_timeout_ms; also while the server is down), then fails retryably. Beyond
@@ -71,14 +78,20 @@ struct pg_pool_opts {
     uint32_t wait_timeout_ms;     /* longest wait for a connection, default 10000 */
     const char *application_name; /* default: the conninfo's, else "tierone" */
     int no_prepare; /* 1: never prepare (e.g. behind PgBouncer < 1.21 in transaction mode) */
+    unsigned pipeline_depth; /* statements on one connection at once, default
+                              * PG_PIPELINE_DEPTH; 1 = one at a time */
 };
 
+/* Statements a connection has on the wire at most, by default. */
+#define PG_PIPELINE_DEPTH 16
+
 struct pg_pool_stats {
-    unsigned open;          /* connections up */
-    unsigned busy;          /* of those, running a query or acquired by a caller */
-    unsigned waiting;       /* requests in the wait queue */
-    uint64_t queries_total; /* queries completed (success or error) */
-    uint64_t errors_total;  /* queries and acquires that completed with an error */
+    unsigned open;            /* connections up */
+    unsigned busy;            /* of those, running a query or acquired by a caller */
+    unsigned waiting;         /* requests in the wait queue */
+    uint64_t queries_total;   /* queries completed (success or error) */
+    uint64_t errors_total;    /* queries and acquires that completed with an error */
+    uint64_t pipelined_total; /* statements sent behind another on the same connection */
 };
 
 /* Result of pg_query / pg_conn_query. */

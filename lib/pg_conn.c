@@ -1,7 +1,8 @@
-/* pg_conn: one connection of the pool: connect (PQconnectStart/PQconnectPoll), send
- * (PQsendQueryParams, or PQsendPrepare once and PQsendQueryPrepared after; PQflush), read
- * (PQconsumeInput, PQisBusy, PQgetResult) with a uv_poll_t on libpq's socket, reconnect
- * backoff and timeouts. See pg_internal.h for the states.
+/* pg_conn: one connection of the pool: connect (PQconnectStart/PQconnectPoll), send in
+ * libpq's pipeline mode (PQsendQueryParams, or PQsendPrepare once and PQsendQueryPrepared
+ * after, each followed by PQpipelineSync; PQflush), read (PQconsumeInput, PQisBusy,
+ * PQgetResult up to each statement's PGRES_PIPELINE_SYNC) with a uv_poll_t on libpq's
+ * socket, reconnect backoff and timeouts. See pg_internal.h for the states.
  *
  * libpq may replace its socket while connecting (another host, SSL fallback), possibly
  * under the same fd number, so every connect step watches the socket with a fresh
@@ -14,10 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define PG_BACKOFF_MIN_MS    100
 #define PG_BACKOFF_MAX_MS    5000
 #define PG_WATCHDOG_GRACE_MS 2000
+/* A statement on the wire this long is slow: nothing more queues behind it. */
+#define PG_PIPELINE_STALL_MS 50
 
 static const char *const pg_conn_state_names[] = {"down", "backoff", "connecting", "up", "closed"};
 
@@ -99,9 +103,7 @@ static void pg_conn_forget_stmts(struct pg_conn *c)
 {
     for (unsigned i = 0; i < c->nstmts; i++)
         free(c->stmts[i].sql);
-    c->nstmts = c->next_no = 0;
-    c->preparing = 0;
-    c->cur_stmt = -1;
+    c->nstmts = c->next_no = c->unconfirmed = 0;
 }
 
 /* Forget the libpq connection (its socket unwatched first). */
@@ -113,6 +115,7 @@ static void pg_conn_close_pg(struct pg_conn *c)
         PQclear(c->res);
         c->res = NULL;
     }
+    c->units = 0;
     if (c->pg) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -165,7 +168,8 @@ static void pg_conn_up(struct pg_conn *c)
     struct pg_pool *p = c->pool;
     const char *why = NULL;
     uv_timer_stop(&c->timer);
-    if (PQsetnonblocking(c->pg, 1) != 0 || pg_conn_watch_fresh(c, UV_READABLE, &why) != 0) {
+    if (PQsetnonblocking(c->pg, 1) != 0 || !PQenterPipelineMode(c->pg) ||
+        pg_conn_watch_fresh(c, UV_READABLE, &why) != 0) {
         pg_conn_connect_failed(c, why ? why : PQerrorMessage(c->pg));
         return;
     }
@@ -235,18 +239,19 @@ void pg_conn_connect(struct pg_conn *c)
         uv_timer_start(&c->timer, pg_conn_on_connect_timeout, p->connect_timeout_ms, 0);
 }
 
-/* The connection broke: fail the statement on it (later), close, back off. The slot stays
+/* The connection broke: fail the statements on it (later), close, back off. The slot stays
  * held if a caller holds it. */
 static void pg_conn_lost(struct pg_conn *c, enum pg_error err, const char *sqlstate,
                          const char *why)
 {
     char *msg = xstrndup(why, strcspn(why, "\n"));
     log_warn("postgres: connection %d lost: %s", c->index, msg);
-    struct pg_req *req = c->cur;
-    c->cur = NULL;
+    struct pg_req_list wire = c->wire;
+    memset(&c->wire, 0, sizeof c->wire);
     uv_timer_stop(&c->timer);
     pg_conn_backoff(c);
-    if (req)
+    struct pg_req *req;
+    while ((req = pg_req_list_pop(&wire)))
         pg_req_finish_later(req, err, sqlstate, msg);
     free(msg);
 }
@@ -262,6 +267,17 @@ static void pg_conn_on_watchdog(uv_timer_t *t)
     free(why);
 }
 
+/* (Re)start the watchdog while statements are on the wire: it fires when the server sends
+ * nothing for the oldest one within the timeout. */
+static void pg_conn_watchdog(struct pg_conn *c)
+{
+    uint32_t ms = c->pool->query_timeout_ms;
+    if (!c->wire.n)
+        uv_timer_stop(&c->timer);
+    else if (ms)
+        uv_timer_start(&c->timer, pg_conn_on_watchdog, ms + PG_WATCHDOG_GRACE_MS, 0);
+}
+
 /* Push the outgoing buffer; watch for writability while some is left. */
 static void pg_conn_flush(struct pg_conn *c)
 {
@@ -273,7 +289,7 @@ static void pg_conn_flush(struct pg_conn *c)
     pg_conn_watch(c, rc ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
 
-static uint64_t pg_stmt_hash(const char *sql)
+uint64_t pg_stmt_hash(const char *sql)
 {
     uint64_t h = 14695981039346656037ull;
     for (const unsigned char *q = (const unsigned char *)sql; *q; q++)
@@ -290,50 +306,108 @@ static int pg_stmt_find(const struct pg_conn *c, const char *sql, uint64_t hash)
     return -1;
 }
 
-/* Send what req needs next on c: its Execute (prepared statement i), its Parse (a new
- * statement: the Execute follows its result), or the statement unnamed. Returns libpq's
- * verdict (1 sent, 0 refused). */
+/* The cache index of statement number no on c, or -1 (dropped meanwhile). */
+static int pg_stmt_index(const struct pg_conn *c, int no)
+{
+    for (unsigned i = 0; i < c->nstmts; i++)
+        if ((int)c->stmts[i].no == no)
+            return (int)i;
+    return -1;
+}
+
+static void pg_stmt_drop(struct pg_conn *c, int i)
+{
+    if (!c->stmts[i].confirmed)
+        c->unconfirmed--;
+    free(c->stmts[i].sql);
+    c->stmts[i] = c->stmts[--c->nstmts];
+}
+
+/* 1 if sql opens a transaction block (BEGIN, START TRANSACTION): statements pipelined
+ * behind it would run inside it, so it goes alone on the wire. */
+static int pg_sql_begins_block(const char *sql)
+{
+    sql += strspn(sql, " \t\r\n");
+    return !strncasecmp(sql, "begin", 5) || !strncasecmp(sql, "start", 5);
+}
+
+int pg_conn_accepts(const struct pg_conn *c, const struct pg_req *req)
+{
+    if (c->state != PC_UP || c->held)
+        return 0;
+    if (req->kind == PQ_ACQUIRE || pg_sql_begins_block(req->sql))
+        return c->wire.n == 0;
+    if (c->wire.n >= c->pool->depth)
+        return 0;
+    if (c->wire.head && (pg_sql_begins_block(c->wire.head->sql) ||
+                         uv_now(c->pool->loop) - c->wire.head->sent_ms > PG_PIPELINE_STALL_MS))
+        return 0; /* behind a transaction block, or a statement that takes its time */
+    if (c->unconfirmed && c->pool->prepare && req->nparams > 0) {
+        int i = pg_stmt_find(c, req->sql, req->hash);
+        if (i >= 0 && !c->stmts[i].confirmed)
+            return 0; /* its Parse may still fail: wait for its answer */
+    }
+    return 1;
+}
+
+/* Queue req on c's pipeline: its Execute (prepared statement), its Parse and Execute (a new
+ * statement with parameters), or the statement unnamed; then a Sync. Returns 1 when queued,
+ * 0 when libpq refused it before queuing anything, -1 when it failed half-way (the
+ * connection is unusable). */
 static int pg_conn_send_step(struct pg_conn *c, struct pg_req *req)
 {
     const char *const *params = (const char *const *)req->params;
     char name[32];
-    c->cur_stmt = -1;
-    if (!c->pool->prepare || req->nparams == 0)
-        return PQsendQueryParams(c->pg, req->sql, req->nparams, NULL, params, NULL, NULL, 0);
-    uint64_t hash = pg_stmt_hash(req->sql);
-    int i = pg_stmt_find(c, req->sql, hash);
-    if (i >= 0) {
-        c->cur_stmt = i;
-        snprintf(name, sizeof name, "tierone_%u", c->stmts[i].no);
-        return PQsendQueryPrepared(c->pg, name, req->nparams, params, NULL, NULL, 0);
+    int i = -1, ok;
+    req->stmt_no = -1;
+    req->parse = 0;
+    if (c->pool->prepare && req->nparams > 0) {
+        i = pg_stmt_find(c, req->sql, req->hash);
+        if (i < 0 && c->nstmts < PG_STMT_CACHE) {
+            snprintf(name, sizeof name, "tierone_%u", c->next_no);
+            if (!PQsendPrepare(c->pg, name, req->sql, req->nparams, NULL))
+                return 0;
+            i = (int)c->nstmts++;
+            c->stmts[i] =
+                (struct pg_stmt){.hash = req->hash, .sql = xstrdup(req->sql), .no = c->next_no++};
+            c->unconfirmed++;
+            req->parse = 1;
+        }
     }
-    if (c->nstmts == PG_STMT_CACHE)
-        return PQsendQueryParams(c->pg, req->sql, req->nparams, NULL, params, NULL, NULL, 0);
-    snprintf(name, sizeof name, "tierone_%u", c->next_no);
-    c->preparing = 1;
-    return PQsendPrepare(c->pg, name, req->sql, req->nparams, NULL);
+    if (i >= 0) {
+        req->stmt_no = (int)c->stmts[i].no;
+        snprintf(name, sizeof name, "tierone_%u", c->stmts[i].no);
+        ok = PQsendQueryPrepared(c->pg, name, req->nparams, params, NULL, NULL, 0);
+    } else {
+        ok = PQsendQueryParams(c->pg, req->sql, req->nparams, NULL, params, NULL, NULL, 0);
+    }
+    if (!ok)
+        return req->parse ? -1 : 0;
+    return PQpipelineSync(c->pg) ? 1 : -1;
 }
 
-/* Send req on the free (or held) UP slot c. Failures complete req later. */
+/* Send req on the UP slot c (free, or held). Failures complete req later. */
 void pg_conn_send(struct pg_conn *c, struct pg_req *req)
 {
-    struct pg_pool *p = c->pool;
-    c->cur = req;
-    if (!pg_conn_send_step(c, req)) {
-        c->preparing = 0;
-        if (PQstatus(c->pg) == CONNECTION_BAD) {
-            pg_conn_lost(c, PG_ERR_CONNECTION, NULL, PQerrorMessage(c->pg));
-            return;
+    int rc = pg_conn_send_step(c, req);
+    if (rc <= 0) {
+        const char *e = PQerrorMessage(c->pg);
+        char *msg = xstrndup(e, strcspn(e, "\n"));
+        if (rc == 0 && PQstatus(c->pg) != CONNECTION_BAD) {
+            /* libpq refused the request itself (e.g. too many parameters) */
+            pg_req_finish_later(req, PG_ERR_PROTOCOL, NULL, msg);
+        } else {
+            pg_req_list_push(&c->wire, req);
+            pg_conn_lost(c, PG_ERR_CONNECTION, NULL, *msg ? msg : "could not send");
         }
-        c->cur = NULL; /* libpq refused the request itself (e.g. too many parameters) */
-        char *msg = xstrndup(PQerrorMessage(c->pg), strcspn(PQerrorMessage(c->pg), "\n"));
-        pg_req_finish_later(req, PG_ERR_PROTOCOL, NULL, msg);
         free(msg);
         return;
     }
-    if (p->query_timeout_ms)
-        uv_timer_start(&c->timer, pg_conn_on_watchdog, p->query_timeout_ms + PG_WATCHDOG_GRACE_MS,
-                       0);
+    req->sent_ms = uv_now(c->pool->loop);
+    c->pool->pipelined_total += c->wire.n > 0;
+    pg_req_list_push(&c->wire, req);
+    if (c->wire.n == 1)
+        pg_conn_watchdog(c);
     pg_conn_flush(c);
 }
 
@@ -369,45 +443,56 @@ static void pg_conn_keep_result(struct pg_conn *c, PGresult *res)
     }
 }
 
-/* The statement on c completed (PQgetResult returned NULL): deliver its result. */
+/* A result (not the Sync) of the oldest statement on the wire. */
+static void pg_conn_take_result(struct pg_conn *c, PGresult *res)
+{
+    struct pg_req *req = c->wire.head;
+    ExecStatusType st = PQresultStatus(res);
+    if (req->parse && c->units == 0) { /* its Parse's answer */
+        int i = pg_stmt_index(c, req->stmt_no);
+        if (st == PGRES_COMMAND_OK) {
+            if (i >= 0 && !c->stmts[i].confirmed) {
+                c->stmts[i].confirmed = 1;
+                c->unconfirmed--;
+            }
+            PQclear(res);
+            return;
+        }
+        /* The Parse failed (a syntax error, say): that is the statement's result (its
+         * Execute comes back PIPELINE_ABORTED), and the text is not cached. */
+        if (i >= 0)
+            pg_stmt_drop(c, i);
+    }
+    if (st == PGRES_PIPELINE_ABORTED) { /* behind an error of the same segment, kept */
+        PQclear(res);
+        return;
+    }
+    pg_conn_keep_result(c, res);
+}
+
+/* The oldest statement on c completed (its Sync came back): deliver its result. */
 static void pg_conn_finish(struct pg_conn *c)
 {
     struct pg_pool *p = c->pool;
-    struct pg_req *req = c->cur;
+    struct pg_req *req = pg_req_list_pop(&c->wire);
     PGresult *res = c->res;
+    c->res = NULL;
+    c->units = 0;
     int stale = 0; /* req ran as a cache entry the server no longer has as it was */
-    if (c->preparing) {
-        c->preparing = 0;
-        if (res && PQresultStatus(res) == PGRES_COMMAND_OK) { /* prepared: now run it */
-            c->stmts[c->nstmts].hash = pg_stmt_hash(req->sql);
-            c->stmts[c->nstmts].sql = xstrdup(req->sql);
-            c->stmts[c->nstmts].no = c->next_no++;
-            c->nstmts++;
-            c->res = NULL;
-            PQclear(res);
-            uv_timer_stop(&c->timer);
-            pg_conn_send(c, req);
-            if (!p->closing && c->state == PC_UP && !c->held && !c->cur)
-                pg_pool_dispatch(p); /* the Execute was refused: the slot is free again */
-            return;
-        }
-        /* The Parse failed (a syntax error, say): that is the statement's result. */
-    } else if (c->cur_stmt >= 0 && res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+    if (req->stmt_no >= 0 && !req->parse && res && PQresultStatus(res) == PGRES_FATAL_ERROR) {
         /* 0A000 "cached plan must not change result type" (a table changed under the
          * session) or 26000 "prepared statement does not exist" (DEALLOCATE/DISCARD ran on
          * the session): the error goes to the caller, retryable, and the next run prepares
          * the statement anew (under a new name: the old one may still exist). */
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         if (state && (!strcmp(state, "0A000") || !strcmp(state, "26000"))) {
-            free(c->stmts[c->cur_stmt].sql);
-            c->stmts[c->cur_stmt] = c->stmts[--c->nstmts];
+            int i = pg_stmt_index(c, req->stmt_no);
+            if (i >= 0)
+                pg_stmt_drop(c, i);
             stale = 1;
         }
     }
-    c->cur_stmt = -1;
-    c->cur = NULL;
-    c->res = NULL;
-    uv_timer_stop(&c->timer);
+    pg_conn_watchdog(c);
     char *msg = NULL;
     struct pg_result r;
     pg_result_from_pq(&r, res, c->pg, &msg);
@@ -416,16 +501,16 @@ static void pg_conn_finish(struct pg_conn *c)
     if (req->kind == PQ_RESET) {
         if (r.err != PG_OK)
             pg_conn_lost(c, PG_ERR_CONNECTION, NULL, "ROLLBACK failed");
-        else if (!c->held)
+        else if (!c->held && !c->wire.n)
             pg_conn_make_free(c);
         pg_req_free(req);
     } else {
         /* Settle the slot before user code runs: a leftover transaction is rolled back
          * before the next request can get the slot. */
-        if (!c->held && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+        if (!c->held && !c->wire.n && PQtransactionStatus(c->pg) != PQTRANS_IDLE)
             pg_conn_make_free(c);
         pg_req_deliver(req, &r);
-        if (!p->closing && c->state == PC_UP && !c->held && !c->cur)
+        if (!p->closing && c->state == PC_UP && !c->held && c->wire.n < p->depth)
             pg_pool_dispatch(p);
     }
     PQclear(res);
@@ -436,7 +521,7 @@ static void pg_conn_finish(struct pg_conn *c)
  * it closed the socket) for the statement on the wire. */
 static void pg_conn_read_failed(struct pg_conn *c)
 {
-    if (c->cur && PQstatus(c->pg) == CONNECTION_BAD) {
+    if (c->wire.head && PQstatus(c->pg) == CONNECTION_BAD) {
         /* libpq's socket is gone, so PQgetResult cannot block. */
         PGresult *res;
         for (int i = 0; i < 16 && (res = PQgetResult(c->pg)); i++)
@@ -457,23 +542,25 @@ static void pg_conn_read_failed(struct pg_conn *c)
     pg_conn_lost(c, PG_ERR_CONNECTION, NULL, *why ? why : "connection lost");
 }
 
-/* Data arrived on c: collect results; complete the statement when libpq has all of it. */
+/* Data arrived on c: collect results; complete each statement whose Sync came back. */
 static void pg_conn_read(struct pg_conn *c)
 {
-    if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD) {
+    PGconn *pg = c->pg;
+    if (!PQconsumeInput(pg) || PQstatus(pg) == CONNECTION_BAD) {
         pg_conn_read_failed(c);
         return;
     }
     PGnotify *n;
-    while ((n = PQnotifies(c->pg)))
+    while ((n = PQnotifies(pg)))
         PQfreemem(n);
-    if (!c->cur)
-        return;
-    while (!PQisBusy(c->pg)) {
-        PGresult *res = PQgetResult(c->pg);
-        if (!res) {
-            pg_conn_finish(c);
-            return;
+    while (c->wire.head && !PQisBusy(pg)) {
+        PGresult *res = PQgetResult(pg);
+        if (!res) { /* the end of one command's results: a Parse's or the statement's */
+            if (++c->units > 2) {
+                pg_conn_lost(c, PG_ERR_PROTOCOL, NULL, "results out of step with the pipeline");
+                return;
+            }
+            continue;
         }
         ExecStatusType st = PQresultStatus(res);
         if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
@@ -482,7 +569,14 @@ static void pg_conn_read(struct pg_conn *c)
             pg_conn_lost(c, PG_ERR_PROTOCOL, NULL, "COPY is not supported by the pool");
             return;
         }
-        pg_conn_keep_result(c, res);
+        if (st != PGRES_PIPELINE_SYNC) {
+            pg_conn_take_result(c, res);
+            continue;
+        }
+        PQclear(res);
+        pg_conn_finish(c);
+        if (c->state != PC_UP || c->pg != pg)
+            return; /* lost, or the pool closed from the callback */
     }
 }
 
@@ -516,7 +610,8 @@ int pg_conn_query(struct pg_conn *c, const char *sql, int nparams, const char *c
                   pg_result_cb cb, void *arg)
 {
     struct pg_pool *p = c->pool;
-    if (p->closing || !c->held || c->cur || !sql || !cb || nparams < 0 || (nparams > 0 && !params))
+    if (p->closing || !c->held || c->wire.n || !sql || !cb || nparams < 0 ||
+        (nparams > 0 && !params))
         return -1;
     struct pg_req *req = pg_req_new(p, PQ_QUERY, sql, nparams, params);
     req->cb = cb;
@@ -542,7 +637,7 @@ void pg_conn_release(struct pg_conn *c)
     }
     if (c->state != PC_UP)
         pg_pool_dispatch(p); /* a lost slot may reconnect now */
-    else if (!c->cur)
+    else if (!c->wire.n)
         pg_conn_make_free(c); /* else pg_conn_finish settles it */
 }
 
@@ -565,18 +660,17 @@ void pg_conn_init(struct pg_conn *c, struct pg_pool *p, int index)
     c->pool = p;
     c->index = index;
     c->state = PC_DOWN;
-    c->cur_stmt = -1;
     uv_timer_init(p->loop, &c->timer);
     c->timer.data = c;
     p->handles_open++;
 }
 
-struct pg_req *pg_conn_shut(struct pg_conn *c)
+void pg_conn_shut(struct pg_conn *c, struct pg_req_list *out)
 {
-    struct pg_req *req = c->cur;
-    c->cur = NULL;
+    struct pg_req *req;
+    while ((req = pg_req_list_pop(&c->wire)))
+        pg_req_list_push(out, req);
     pg_conn_close_pg(c);
     pg_conn_enter(c, PC_CLOSED);
     uv_close((uv_handle_t *)&c->timer, pg_conn_on_timer_closed);
-    return req;
 }

@@ -4,7 +4,11 @@
  *
  * Each slot (struct pg_conn) moves DOWN -> CONNECTING -> UP; a failed connect or a lost
  * connection goes to BACKOFF, whose timer brings it back to DOWN; CLOSED is final. An UP
- * slot is free, or busy with one statement on the wire (cur) or held by a caller (held).
+ * connection is in libpq's pipeline mode: up to the pool's depth statements are on the
+ * wire at once (`wire`, oldest first), each followed by its own Sync, so each is its own
+ * implicit transaction and an error in one does not abort the next. An UP slot is held by
+ * a caller (held: then one statement at a time), or takes statements while fewer than
+ * depth are on the wire.
  *
  * Requests (struct pg_req) wait in the pool's FIFO queue until a slot is free. Requests
  * that end without a server result (queue full, timeouts, lost connections, acquire grants)
@@ -40,7 +44,13 @@ struct pg_req {
     pg_acquire_cb acb;
     void *arg;
     struct pg_conn *conn; /* acquire: the granted slot; held-connection query: its slot */
+    uint64_t hash;        /* of sql (pg_stmt_hash), for the prepared-statement cache */
     uint64_t deadline_ms; /* while queued */
+    uint64_t sent_ms;     /* on the wire since (uv_now) */
+    /* On the wire: the prepared statement it runs as (-1: unnamed), and whether its Parse
+     * went in the same pipeline segment (then the first result is the Parse's). */
+    int stmt_no;
+    int parse;
     /* Outcome when delivered from the `later` list (err PG_OK: an acquire grant). */
     enum pg_error err;
     char sqlstate[6];
@@ -65,6 +75,7 @@ struct pg_stmt {
     uint64_t hash; /* FNV-1a of sql */
     char *sql;
     unsigned no;
+    int confirmed; /* its Parse succeeded (until then, nothing else runs it on this slot) */
 };
 
 /* Statements one connection prepares at most; later new ones run unnamed. */
@@ -79,22 +90,22 @@ struct pg_conn {
     int poll_events;
     uv_timer_t timer; /* connect deadline, query watchdog or backoff, by state */
     uint32_t backoff_ms;
-    struct pg_req *cur; /* the statement on the wire */
-    PGresult *res;      /* its result so far */
-    int held;           /* acquired by a caller (also while the grant is on its way) */
-    /* Prepared statements of this session (lost with the connection). While `preparing`,
-     * the Parse of cur's statement is on the wire; cur's Execute follows its result. */
+    struct pg_req_list wire; /* sent, results pending, oldest first */
+    PGresult *res;           /* the oldest one's result so far */
+    unsigned units;          /* results of the oldest one completed (PQgetResult NULLs) */
+    int held;                /* acquired by a caller (also while the grant is on its way) */
+    /* Prepared statements of this session (lost with the connection); `unconfirmed` of
+     * them still wait for their Parse's result. */
     struct pg_stmt stmts[PG_STMT_CACHE];
-    unsigned nstmts, next_no;
-    int preparing;
-    int cur_stmt; /* the cache entry cur runs as, or -1 */
+    unsigned nstmts, next_no, unconfirmed;
 };
 
 struct pg_pool {
     uv_loop_t *loop;
     char **kw, **vals; /* connect parameters for PQconnectStartParams, NULL-terminated */
     unsigned size, max_waiters;
-    int prepare; /* prepare statements with parameters once per connection */
+    unsigned depth; /* statements on one connection's wire at most */
+    int prepare;    /* prepare statements with parameters once per connection */
     uint32_t connect_timeout_ms, query_timeout_ms, wait_timeout_ms;
     struct pg_conn *conns;
     struct pg_req_list queue;      /* waiting for a connection, oldest first */
@@ -104,7 +115,7 @@ struct pg_pool {
     uv_timer_t wait_timer;         /* fails queued requests at their deadline */
     char *last_error;              /* last connect failure; NULL once a connection is up */
     int warned_down;
-    uint64_t queries_total, errors_total;
+    uint64_t queries_total, errors_total, pipelined_total;
     unsigned held;
     int handles_open;
     int closing, finished;
@@ -124,6 +135,10 @@ void pg_result_set_error(struct pg_result *r, enum pg_error err, const char *sql
 void pg_result_from_pq(struct pg_result *r, PGresult *res, PGconn *conn, char **msg);
 
 /* ---- pg.c: requests and the pool ---- */
+
+void pg_req_list_push(struct pg_req_list *l, struct pg_req *req);
+/* The oldest request of l (removed), or NULL. */
+struct pg_req *pg_req_list_pop(struct pg_req_list *l);
 
 /* New request; sql and params are copied. */
 struct pg_req *pg_req_new(struct pg_pool *p, enum pg_req_kind kind, const char *sql, int nparams,
@@ -145,10 +160,15 @@ void pg_pool_maybe_finish(struct pg_pool *p);
 void pg_conn_init(struct pg_conn *c, struct pg_pool *p, int index);
 /* Start connecting slot c (DOWN). */
 void pg_conn_connect(struct pg_conn *c);
+/* 1 if the UP slot c can take req now: an acquire needs an idle slot; a statement needs
+ * room on the wire, and no Parse of the same text still unanswered on c. */
+int pg_conn_accepts(const struct pg_conn *c, const struct pg_req *req);
 /* Send req on the UP slot c; failures complete req later. */
 void pg_conn_send(struct pg_conn *c, struct pg_req *req);
-/* For pg_pool_close: take the statement on the wire (returned, or NULL), close the
- * connection and the slot's handles; the slot is CLOSED. */
-struct pg_req *pg_conn_shut(struct pg_conn *c);
+/* FNV-1a of sql. */
+uint64_t pg_stmt_hash(const char *sql);
+/* For pg_pool_close: move the statements on the wire to out, close the connection and the
+ * slot's handles; the slot is CLOSED. */
+void pg_conn_shut(struct pg_conn *c, struct pg_req_list *out);
 
 #endif

@@ -98,16 +98,24 @@ static const char *db_url(void)
     return u;
 }
 
-static struct pg_pool *pool_open(unsigned size, unsigned max_waiters, uint32_t query_timeout_ms)
+/* A pool with pipeline depth depth (0: the default). */
+static struct pg_pool *pool_open_depth(unsigned size, unsigned max_waiters,
+                                       uint32_t query_timeout_ms, unsigned depth)
 {
     struct pg_pool_opts o = {.conninfo = db_url(),
                              .size = size,
                              .max_waiters = max_waiters,
-                             .query_timeout_ms = query_timeout_ms};
+                             .query_timeout_ms = query_timeout_ms,
+                             .pipeline_depth = depth};
     char *err = NULL;
     struct pg_pool *p = pg_pool_new(&loop, &o, &err);
     cr_assert_not_null(p, "pg_pool_new: %s", err ? err : "?");
     return p;
+}
+
+static struct pg_pool *pool_open(unsigned size, unsigned max_waiters, uint32_t query_timeout_ms)
+{
+    return pool_open_depth(size, max_waiters, query_timeout_ms, 0);
 }
 
 static void on_closed(void *arg)
@@ -522,7 +530,8 @@ static void on_acquire_record(struct pg_conn *c, const struct pg_result *err, vo
 
 Test(pg, close_with_queries_in_flight)
 {
-    struct pg_pool *p = pool_open(2, 0, 0);
+    /* One statement per connection, so that four of them wait in the queue. */
+    struct pg_pool *p = pool_open_depth(2, 0, 0, 1);
     struct qres r[5], a;
     memset(r, 0, sizeof r);
     memset(&a, 0, sizeof a);
@@ -724,7 +733,7 @@ static void on_result_then_close(const struct pg_result *r, void *arg)
 
 Test(pg, close_from_a_callback)
 {
-    struct pg_pool *p = pool_open(1, 1, 0);
+    struct pg_pool *p = pool_open_depth(1, 1, 0, 1); /* one at a time: the queue fills */
     exec_ok(p, "SELECT 1");
     struct qres r[3];
     memset(r, 0, sizeof r);
@@ -1052,4 +1061,166 @@ Test(pg, a_lost_connection_forgets_its_prepared_statements)
     free(pid2);
     pool_close_wait(killer);
     pool_close_wait(p);
+}
+
+/* ---- pipelines ----------------------------------------------------------------------------
+ * A connection takes up to pipeline_depth statements at once, each followed by its own Sync:
+ * each is its own transaction, results come back in order, an error stops nothing behind
+ * it. A statement waits in the queue rather than behind a BEGIN, behind a Parse of its own
+ * text not yet answered, or behind a statement that takes its time. */
+
+/* Submit n statements (no parameters, or one each) to p at once; wait for every result. */
+static void submit_all(struct pg_pool *p, struct qres *r, const char *const *sql,
+                       const char *const *param, int n)
+{
+    memset(r, 0, sizeof *r * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        const char *one[] = {param ? param[i] : NULL};
+        int np = param && param[i] ? 1 : 0;
+        cr_assert_eq(pg_query(p, sql[i], np, np ? one : NULL, on_result, &r[i]), 0, "%s", sql[i]);
+    }
+    for (int i = 0; i < n; i++)
+        run_until(&r[i].done);
+}
+
+Test(pg, statements_on_one_connection_are_pipelined_each_in_its_own_transaction)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    exec_ok(p, "DROP TABLE IF EXISTS pgt_pipe");
+    exec_ok(p, "CREATE TABLE pgt_pipe (id int PRIMARY KEY)");
+    struct pg_pool_stats before, after;
+    pg_pool_stats(p, &before);
+    const char *sql[] = {"INSERT INTO pgt_pipe VALUES (1)",
+                         "INSERT INTO pgt_pipe VALUES (1)", /* 23505 */
+                         "SELECT 1/0",                      /* 22012 */
+                         "INSERT INTO pgt_pipe VALUES (2)",
+                         "INSERT INTO pgt_pipe VALUES ($1::int)", /* Parse + Execute */
+                         "INSERT INTO pgt_pipe VALUES ($1::int)", /* waits for that Parse */
+                         "SELECT count(*) FROM pgt_pipe"};
+    const char *param[] = {NULL, NULL, NULL, NULL, "3", "4", NULL};
+    struct qres r[7];
+    submit_all(p, r, sql, param, 7);
+    pg_pool_stats(p, &after);
+    for (int i = 0; i < 7; i++)
+        cr_expect_eq(r[i].order, r[0].order + i, "%s completed in submission order", sql[i]);
+    cr_expect_eq(r[0].err, PG_OK, "%s", r[0].msg);
+    cr_expect_str_eq(r[1].sqlstate, "23505", "%s", r[1].msg);
+    cr_expect_str_eq(r[2].sqlstate, "22012", "%s", r[2].msg);
+    for (int i = 3; i < 7; i++)
+        cr_expect_eq(r[i].err, PG_OK, "%s: %s", sql[i], r[i].msg);
+    cr_expect_str_eq(r[6].v[0][0], "4", "the errors rolled back only their own statements");
+    cr_expect_geq(after.pipelined_total - before.pipelined_total, 3,
+                  "statements went behind others on the one connection");
+    for (int i = 0; i < 7; i++)
+        qres_clear(&r[i]);
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 1, "the text was prepared once");
+    exec_ok(p, "DROP TABLE pgt_pipe");
+    pool_close_wait(p);
+}
+
+Test(pg, a_pipelined_syntax_error_is_each_statements_error)
+{
+    /* The second waits for the first's Parse; when that fails, it parses again and gets the
+     * same permanent error, not "prepared statement does not exist". */
+    struct pg_pool *p = pool_open(1, 0, 0);
+    exec_ok(p, "SELECT 1");
+    const char *sql[] = {"SELEC $1::int", "SELEC $1::int", "SELECT $1::int + 1"};
+    const char *param[] = {"1", "2", "3"};
+    struct qres r[3];
+    submit_all(p, r, sql, param, 3);
+    for (int i = 0; i < 2; i++) {
+        cr_expect_str_eq(r[i].sqlstate, "42601", "run %d: %s", i, r[i].msg);
+        cr_expect_not(r[i].retryable, "run %d", i);
+    }
+    cr_expect_eq(r[2].err, PG_OK, "%s", r[2].msg);
+    cr_expect_str_eq(r[2].v[0][0], "4");
+    for (int i = 0; i < 3; i++)
+        qres_clear(&r[i]);
+    cr_expect_eq(value_of(p, PREPARED_COUNT), 1);
+    pool_close_wait(p);
+}
+
+Test(pg, nothing_is_pipelined_behind_a_begin)
+{
+    /* The INSERT waits until the BEGIN's answer; the pool then rolls the open transaction
+     * back, and the INSERT runs (and commits) on its own. */
+    struct pg_pool *p = pool_open(1, 0, 0);
+    exec_ok(p, "DROP TABLE IF EXISTS pgt_pipe_tx");
+    exec_ok(p, "CREATE TABLE pgt_pipe_tx (id int)");
+    const char *sql[] = {"BEGIN", "INSERT INTO pgt_pipe_tx VALUES (1)"};
+    struct qres r[2];
+    submit_all(p, r, sql, NULL, 2);
+    cr_expect_eq(r[0].err, PG_OK, "%s", r[0].msg);
+    cr_expect_eq(r[1].err, PG_OK, "%s", r[1].msg);
+    cr_expect_eq(value_of(p, "SELECT count(*) FROM pgt_pipe_tx"), 1);
+    qres_clear(&r[0]);
+    qres_clear(&r[1]);
+    exec_ok(p, "DROP TABLE pgt_pipe_tx");
+    pool_close_wait(p);
+}
+
+/* Run the loop for more than ms (by its clock). */
+static void run_for(uint64_t ms)
+{
+    uint64_t until = uv_now(&loop) + ms;
+    uv_timer_start(&guard, on_guard, 10, 10);
+    while (uv_now(&loop) <= until)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_timer_stop(&guard);
+}
+
+Test(pg, nothing_is_pipelined_behind_a_slow_statement)
+{
+    struct pg_pool *p = pool_open(2, 0, 0);
+    /* Open both connections: two statements at once find no idle one. */
+    const char *warm[] = {"SELECT pg_sleep(0.05)", "SELECT pg_sleep(0.05)"};
+    struct qres w[2];
+    submit_all(p, w, warm, NULL, 2);
+    struct pg_pool_stats st;
+    pg_pool_stats(p, &st);
+    cr_assert_eq(st.open, 2);
+    qres_clear(&w[0]);
+    qres_clear(&w[1]);
+
+    struct qres slow, other, quick;
+    memset(&slow, 0, sizeof slow);
+    cr_assert_eq(pg_query(p, "SELECT pg_sleep(2)", 0, NULL, on_result, &slow), 0);
+    run_for(100); /* the sleep is now a statement that takes its time */
+    cr_assert_not(slow.done);
+    /* The other connection takes the first; the second goes behind it, not the sleep. */
+    memset(&other, 0, sizeof other);
+    memset(&quick, 0, sizeof quick);
+    cr_assert_eq(pg_query(p, "SELECT pg_sleep(0.2)", 0, NULL, on_result, &other), 0);
+    cr_assert_eq(pg_query(p, "SELECT 1", 0, NULL, on_result, &quick), 0);
+    run_until(&quick.done);
+    cr_expect_eq(quick.err, PG_OK, "%s", quick.msg);
+    cr_expect_not(slow.done, "SELECT 1 did not wait for the 2 s sleep");
+    run_until(&slow.done);
+    cr_expect_lt(other.order, quick.order);
+    qres_clear(&slow);
+    qres_clear(&other);
+    qres_clear(&quick);
+    pool_close_wait(p);
+}
+
+Test(pg, close_cancels_pipelined_statements)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    exec_ok(p, "SELECT 1");
+    struct qres r[4];
+    memset(r, 0, sizeof r);
+    cr_assert_eq(pg_query(p, "SELECT pg_sleep(1)", 0, NULL, on_result, &r[0]), 0);
+    for (int i = 1; i < 4; i++)
+        cr_assert_eq(pg_query(p, "SELECT 2", 0, NULL, on_result, &r[i]), 0);
+    struct pg_pool_stats st;
+    pg_pool_stats(p, &st);
+    cr_expect_eq(st.waiting, 0, "all four are on the one connection's wire");
+    int closed = 0;
+    pg_pool_close(p, on_closed, &closed);
+    for (int i = 0; i < 4; i++) {
+        cr_expect(r[i].done, "statement %d completed inside pg_pool_close", i);
+        cr_expect_eq(r[i].err, PG_ERR_CANCELLED, "statement %d", i);
+        qres_clear(&r[i]);
+    }
+    run_until(&closed);
 }
