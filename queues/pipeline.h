@@ -56,11 +56,12 @@ struct rate_limit;
 /* Settings, filled by the worker's config table (worker/main.c; each has an environment
  * variable, see --help). Strings NULL when unset. */
 struct pipeline_settings {
-    char *database_url;       /* TIERONE_DATABASE_URL; NULL: the pipeline is off */
-    long long database_pool;  /* connections */
-    int database_prepare;     /* TIERONE_DATABASE_PREPARE: prepare statements per connection */
-    char *chatwoot_base_url;  /* CHATWOOT_BASE_URL */
-    char *chatwoot_bot_token; /* CHATWOOT_BOT_TOKEN */
+    char *database_url;          /* TIERONE_DATABASE_URL; NULL: the pipeline is off */
+    long long database_pool;     /* connections */
+    int database_prepare;        /* TIERONE_DATABASE_PREPARE: prepare statements per connection */
+    long long database_pipeline; /* TIERONE_DATABASE_PIPELINE: per connection */
+    char *chatwoot_base_url;     /* CHATWOOT_BASE_URL */
+    char *chatwoot_bot_token;    /* CHATWOOT_BOT_TOKEN */
     char *chatwoot_user_token;
     long long chatwoot_rate_per_min; /* fleet-wide; Chatwoot's rack-attack allows 3000/min/IP */
     char *llm_base_url;              /* LLM_BASE_URL; NULL: retrieval-only */

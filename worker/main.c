@@ -182,6 +182,16 @@ static const struct config_def worker_defs[] = {
      .help = "prepare statements once per connection; turn off behind PgBouncer < 1.21 in "
              "transaction pooling mode",
      .offset = P(database_prepare)},
+    {.key = "database_pipeline",
+     .env = "TIERONE_DATABASE_PIPELINE",
+     .type = CONFIG_INT,
+     .def = "16",
+     .min = 1,
+     .max = 256,
+     .bounded = true,
+     .help = "statements in flight on one PostgreSQL connection (pipeline mode); 1 behind a "
+             "pooler that cannot pipeline",
+     .offset = P(database_pipeline)},
     {.key = "chatwoot_base_url",
      .env = "CHATWOOT_BASE_URL",
      .type = CONFIG_STRING,

@@ -79,6 +79,7 @@ contact_sync_account: TIERONE_CONTACT_SYNC_ACCOUNT
 contact_sync_database_url: TIERONE_CONTACT_SYNC_DATABASE_URL
 contact_sync_interval: TIERONE_CONTACT_SYNC_INTERVAL
 contact_sync_sql: TIERONE_CONTACT_SYNC_SQL
+database_pipeline: TIERONE_DATABASE_PIPELINE
 database_pool: TIERONE_DATABASE_POOL
 database_prepare: TIERONE_DATABASE_PREPARE
 database_url: TIERONE_DATABASE_URL
