@@ -310,9 +310,10 @@ struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct pg_pool_opts *opts, ch
         pg_conn_init(&p->conns[i], p, (int)i);
     uv_timer_init(loop, &p->kick);
     uv_timer_init(loop, &p->wait_timer);
-    p->kick.data = p;
-    p->wait_timer.data = p;
-    p->handles_open += 2;
+    uv_check_init(loop, &p->uncork_check);
+    uv_prepare_init(loop, &p->uncork_prepare);
+    p->kick.data = p->wait_timer.data = p->uncork_check.data = p->uncork_prepare.data = p;
+    p->handles_open += 4;
     return p;
 }
 
@@ -382,6 +383,8 @@ void pg_pool_close(struct pg_pool *p, void (*closed_cb)(void *arg), void *arg)
     p->closed_arg = arg;
     uv_close((uv_handle_t *)&p->kick, pg_pool_on_handle_closed);
     uv_close((uv_handle_t *)&p->wait_timer, pg_pool_on_handle_closed);
+    uv_close((uv_handle_t *)&p->uncork_check, pg_pool_on_handle_closed);
+    uv_close((uv_handle_t *)&p->uncork_prepare, pg_pool_on_handle_closed);
     /* Settle every slot first, so callbacks see a closed pool. */
     struct pg_req_list pending = p->delivering;
     memset(&p->delivering, 0, sizeof p->delivering);

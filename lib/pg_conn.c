@@ -12,6 +12,8 @@
 #include "log.h"
 #include "xalloc.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +118,7 @@ static void pg_conn_close_pg(struct pg_conn *c)
         c->res = NULL;
     }
     c->units = 0;
+    c->cork = 0;
     if (c->pg) {
         PQfinish(c->pg);
         c->pg = NULL;
@@ -278,6 +281,58 @@ static void pg_conn_watchdog(struct pg_conn *c)
         uv_timer_start(&c->timer, pg_conn_on_watchdog, ms + PG_WATCHDOG_GRACE_MS, 0);
 }
 
+/* ---- corking: one segment for the statements of one loop iteration ----------------------
+ * libpq (15) flushes after every PQpipelineSync, so every statement would cost a TCP
+ * segment (and on loopback, the receiving side's work too, in the sender's system call).
+ * A socket corked while statements are sent, uncorked once per iteration, sends them
+ * together. */
+
+static void pg_pool_on_uncork_check(uv_check_t *h)
+{
+    pg_pool_uncork(h->data);
+}
+
+static void pg_pool_on_uncork_prepare(uv_prepare_t *h)
+{
+    pg_pool_uncork(h->data);
+}
+
+void pg_pool_uncork(struct pg_pool *p)
+{
+    if (!p->corked)
+        return;
+    p->corked = 0;
+    uv_check_stop(&p->uncork_check);
+    uv_prepare_stop(&p->uncork_prepare);
+    int off = 0;
+    for (unsigned i = 0; i < p->size; i++) {
+        struct pg_conn *c = &p->conns[i];
+        if (c->cork == 1 && c->pg) {
+            c->cork = 0;
+            setsockopt(PQsocket(c->pg), IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+        }
+    }
+}
+
+/* Cork c's socket until the end of this loop iteration (once per iteration). */
+static void pg_conn_cork(struct pg_conn *c)
+{
+    struct pg_pool *p = c->pool;
+    int on = 1;
+    if (c->cork)
+        return;
+    if (setsockopt(PQsocket(c->pg), IPPROTO_TCP, TCP_CORK, &on, sizeof on) != 0) {
+        c->cork = -1; /* not TCP */
+        return;
+    }
+    c->cork = 1;
+    if (!p->corked) {
+        p->corked = 1;
+        uv_check_start(&p->uncork_check, pg_pool_on_uncork_check);
+        uv_prepare_start(&p->uncork_prepare, pg_pool_on_uncork_prepare);
+    }
+}
+
 /* Push the outgoing buffer; watch for writability while some is left. */
 static void pg_conn_flush(struct pg_conn *c)
 {
@@ -389,6 +444,7 @@ static int pg_conn_send_step(struct pg_conn *c, struct pg_req *req)
 /* Send req on the UP slot c (free, or held). Failures complete req later. */
 void pg_conn_send(struct pg_conn *c, struct pg_req *req)
 {
+    pg_conn_cork(c);
     int rc = pg_conn_send_step(c, req);
     if (rc <= 0) {
         const char *e = PQerrorMessage(c->pg);

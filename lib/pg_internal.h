@@ -98,6 +98,7 @@ struct pg_conn {
      * them still wait for their Parse's result. */
     struct pg_stmt stmts[PG_STMT_CACHE];
     unsigned nstmts, next_no, unconfirmed;
+    int cork; /* TCP_CORK on the socket: 1 set, 0 not, -1 the socket cannot (Unix) */
 };
 
 struct pg_pool {
@@ -113,7 +114,12 @@ struct pg_pool {
     struct pg_req_list delivering; /* the batch pg_pool_on_kick is delivering */
     uv_timer_t kick;               /* delivers `later` */
     uv_timer_t wait_timer;         /* fails queued requests at their deadline */
-    char *last_error;              /* last connect failure; NULL once a connection is up */
+    /* Corked sockets are uncorked at the end of the loop iteration (check), or before the
+     * loop blocks (prepare), so the statements of one iteration leave in one segment. */
+    uv_check_t uncork_check;
+    uv_prepare_t uncork_prepare;
+    int corked;       /* some connection is corked */
+    char *last_error; /* last connect failure; NULL once a connection is up */
     int warned_down;
     uint64_t queries_total, errors_total, pipelined_total;
     unsigned held;
@@ -167,6 +173,8 @@ int pg_conn_accepts(const struct pg_conn *c, const struct pg_req *req);
 void pg_conn_send(struct pg_conn *c, struct pg_req *req);
 /* FNV-1a of sql. */
 uint64_t pg_stmt_hash(const char *sql);
+/* Uncork every corked connection of p. */
+void pg_pool_uncork(struct pg_pool *p);
 /* For pg_pool_close: move the statements on the wire to out, close the connection and the
  * slot's handles; the slot is CLOSED. */
 void pg_conn_shut(struct pg_conn *c, struct pg_req_list *out);

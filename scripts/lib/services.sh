@@ -17,6 +17,7 @@
 #   TIERONE_TEST_DATABASE_URL  postgresql://tierone:PASSWORD@127.0.0.1:PORT/tierone
 #   TIERONE_TEST_PG_PORT       PORT
 #   TIERONE_TEST_PG_BINDIR     /usr/lib/postgresql/N/bin (psql, pg_dump, ... of the server's version)
+#   TIERONE_TEST_PG_SOCKET_DIR the Unix socket's directory (local connections are trusted)
 #
 # PostgreSQL refuses to run as root, so as root initdb/pg_ctl run as the `postgres` system
 # user (created if missing) through runuser; as any other user they run as that user.
@@ -239,6 +240,7 @@ services_start_postgres() {
       fi
       services_pg_create_db || return 1
       export TIERONE_TEST_DATABASE_URL="postgresql://tierone:$SERVICES_PG_PASSWORD@127.0.0.1:$port/tierone"
+      export TIERONE_TEST_PG_SOCKET_DIR="$SERVICES_DIR/pg/sock" # trust, for any role
       if ! "$TIERONE_TEST_PG_BINDIR/psql" -X -q -t -c 'SELECT 1' "$TIERONE_TEST_DATABASE_URL" >/dev/null; then
         services_log "cannot log in as tierone over TCP"
         return 1

@@ -11,6 +11,9 @@
 #include "pg_internal.h" /* PG_STMT_CACHE */
 
 #include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1223,4 +1226,62 @@ Test(pg, close_cancels_pipelined_statements)
         qres_clear(&r[i]);
     }
     run_until(&closed);
+}
+
+/* The statements of one loop iteration leave together: the socket is corked while they
+ * are sent and uncorked before the loop waits. */
+static int cork_of(const struct pg_conn *c)
+{
+    int v = -1;
+    socklen_t n = sizeof v;
+    cr_assert_eq(getsockopt(PQsocket(c->pg), IPPROTO_TCP, TCP_CORK, &v, &n), 0);
+    return v;
+}
+
+Test(pg, statements_are_sent_corked_and_uncorked_within_the_iteration)
+{
+    struct pg_pool *p = pool_open(1, 0, 0);
+    exec_ok(p, "SELECT 1");
+    struct pg_conn *c = &p->conns[0];
+    cr_assert_eq(cork_of(c), 0);
+    struct qres r[3];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pg_query(p, "SELECT 2", 0, NULL, on_result, &r[i]), 0);
+    cr_expect_neq(cork_of(c), 0, "corked while the iteration sends");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    cr_expect_eq(cork_of(c), 0, "uncorked by the end of the iteration");
+    for (int i = 0; i < 3; i++) {
+        run_until(&r[i].done);
+        cr_expect_eq(r[i].err, PG_OK, "%s", r[i].msg);
+        qres_clear(&r[i]);
+    }
+    pool_close_wait(p);
+}
+
+Test(pg, a_unix_socket_connection_pipelines_without_corking)
+{
+    const char *dir = getenv("TIERONE_TEST_PG_SOCKET_DIR");
+    const char *port = getenv("TIERONE_TEST_PG_PORT");
+    cr_assert(dir && port, "run through scripts/test.sh (TIERONE_TEST_PG_SOCKET_DIR, _PORT)");
+    char conninfo[512];
+    snprintf(conninfo, sizeof conninfo, "host=%s port=%s dbname=tierone user=tierone", dir, port);
+    struct pg_pool_opts o = {.conninfo = conninfo, .size = 1};
+    char *err = NULL;
+    struct pg_pool *p = pg_pool_new(&loop, &o, &err);
+    cr_assert_not_null(p, "%s", err);
+    exec_ok(p, "SELECT 1");
+    const char *sql[] = {"SELECT $1::int * 3", "SELECT $1::int * 3", "SELECT $1::int * 3"};
+    const char *param[] = {"1", "2", "3"};
+    struct qres r[3];
+    submit_all(p, r, sql, param, 3);
+    for (int i = 0; i < 3; i++) {
+        char want[8];
+        snprintf(want, sizeof want, "%d", 3 * (i + 1));
+        cr_expect_eq(r[i].err, PG_OK, "%s", r[i].msg);
+        cr_expect_str_eq(r[i].v[0][0], want);
+        qres_clear(&r[i]);
+    }
+    cr_expect_eq(p->conns[0].cork, -1, "a Unix socket cannot be corked");
+    pool_close_wait(p);
 }
