@@ -40,10 +40,12 @@
  * the position (1..n) of its job (without them, key k is job k).
  * Returns the positions of the repeat deliveries (removed again); the other jobs are queued.
  * (Per job the script makes one call and builds no result of its own: the Lua side of a job
- * costs less than its SET.) */
+ * costs less than its SET.) Its first check fails when the push did not happen: LLEN raises
+ * WRONGTYPE for a key that is not a list, and a missing or short list is refused, so the
+ * script then sets no key. */
 static const char outbox_dedupe_script[] =
     "local call, q, n = redis.call, KEYS[1], tonumber(ARGV[2])\n"
-    "if call('TYPE', q).ok ~= 'list' or call('LLEN', q) < n then\n"
+    "if call('LLEN', q) < n then\n"
     "  return redis.error_reply('ERR tierone: the push to ' .. q .. ' did not happen')\n"
     "end\n"
     "local dups, ttl, pos = {}, ARGV[1], #ARGV > 2\n"
@@ -58,6 +60,11 @@ static const char outbox_dedupe_script[] =
 
 #define OUTBOX_BATCH_MAX   128           /* jobs in one transaction */
 #define OUTBOX_BATCH_BYTES (1024 * 1024) /* ... or fewer, once their records hold this much */
+/* Batch transactions in flight at once. While one is, the jobs accepted meanwhile wait for
+ * its reply and then go together (at most one Redis round trip later): under load batches
+ * grow, and Redis and the shim pay the per-transaction costs (MULTI/EXEC, the script call,
+ * a write and a read on each side) for many jobs instead of a few. */
+#define OUTBOX_BATCH_TX_MAX 1
 
 enum outbox_stat {
     OS_QUEUED,
@@ -93,6 +100,7 @@ struct outbox {
     int flush_armed;
     struct outbox_job *batch_head, *batch_tail;
     size_t batch_n;
+    size_t batch_txs;   /* batch transactions in flight (their reply not yet in) */
     struct buf keys;    /* scratch: the dedupe keys of the call being built */
     size_t drain_busy;  /* records in the drain push in flight (0 = none) */
     int drain_warned;   /* a "draining paused" line was written since the last success */
@@ -141,6 +149,8 @@ struct outbox_call {
 };
 
 static void outbox_drain(struct outbox *ob);
+static void outbox_arm(struct outbox *ob);
+static void outbox_flush(struct outbox *ob);
 static int outbox_spool_job(struct outbox *ob, struct outbox_job *job, char *err, size_t errcap);
 
 static void outbox_count(struct outbox *ob, enum outbox_stat s)
@@ -353,6 +363,7 @@ static void outbox_on_batch_reply(struct redis *r, redisReply *reply, void *data
     const char *why = NULL, *warn = NULL;
     int rc = outbox_exec_results(reply, call->n, res, &why, &warn);
     free(call);
+    ob->batch_txs--;
     if (warn)
         outbox_warn_dedupe(warn);
     if (rc == 0) {
@@ -361,14 +372,20 @@ static void outbox_on_batch_reply(struct redis *r, redisReply *reply, void *data
             head = job->next;
             outbox_job_finish(job, res[i] ? OUTBOX_QUEUED : OUTBOX_DUPLICATE, NULL);
         }
-        return;
+    } else {
+        if (!ob->redis_warned) {
+            log_warn("outbox: push to Redis failed (%s); spooling to %s until Redis is back", why,
+                     spool_path(ob->spool));
+            ob->redis_warned = 1;
+        }
+        outbox_spool_list(ob, head);
     }
-    if (!ob->redis_warned) {
-        log_warn("outbox: push to Redis failed (%s); spooling to %s until Redis is back", why,
-                 spool_path(ob->spool));
-        ob->redis_warned = 1;
-    }
-    outbox_spool_list(ob, head);
+    /* Jobs that waited for this reply go after this iteration's I/O (with what it reads);
+     * when closing, to the spool now, behind this transaction's jobs. */
+    if (ob->batch_head && !ob->closing)
+        outbox_arm(ob);
+    else if (ob->batch_head && !ob->batch_txs)
+        outbox_flush(ob);
 }
 
 /* ---- the batch ------------------------------------------------------------------------------ */
@@ -383,17 +400,25 @@ static void outbox_disarm(struct outbox *ob)
 }
 
 /* Send the batch: one transaction per OUTBOX_BATCH_MAX jobs (or OUTBOX_BATCH_BYTES), in
- * order. When Redis cannot be used (down, closing, or jobs are spooled ahead of these) the
- * rest of the batch goes to the spool, in order. */
+ * order, while fewer than OUTBOX_BATCH_TX_MAX are in flight; what is left waits as the batch
+ * for a reply (which re-arms the flush). When Redis cannot be used (down, closing, or jobs
+ * are spooled ahead of these) the rest of the batch goes to the spool, in order. */
 static void outbox_flush(struct outbox *ob)
 {
     outbox_disarm(ob);
-    struct outbox_job *head = ob->batch_head;
+    struct outbox_job *head = ob->batch_head, *tail = ob->batch_tail;
+    size_t left = ob->batch_n;
     ob->batch_head = ob->batch_tail = NULL;
     ob->batch_n = 0;
     while (head) {
         if (ob->closing || !spool_empty(ob->spool) || !redis_is_up(ob->redis))
             break;
+        if (ob->batch_txs >= OUTBOX_BATCH_TX_MAX) { /* wait for a reply */
+            ob->batch_head = head;
+            ob->batch_tail = tail;
+            ob->batch_n = left;
+            return;
+        }
         struct outbox_item items[OUTBOX_BATCH_MAX];
         size_t n = 0, bytes = 0;
         struct outbox_job *last = NULL;
@@ -415,6 +440,8 @@ static void outbox_flush(struct outbox *ob)
             free(call);
             break;
         }
+        ob->batch_txs++;
+        left -= n;
         head = rest;
     }
     outbox_spool_list(ob, head);
@@ -430,6 +457,16 @@ static void outbox_on_flush_prepare(uv_prepare_t *h)
     outbox_flush(h->data);
 }
 
+/* Flush after this iteration's I/O callbacks (or before the loop next waits). */
+static void outbox_arm(struct outbox *ob)
+{
+    if (ob->flush_armed)
+        return;
+    ob->flush_armed = 1;
+    uv_check_start(&ob->flush_check, outbox_on_flush_check);
+    uv_prepare_start(&ob->flush_prepare, outbox_on_flush_prepare);
+}
+
 static void outbox_batch_add(struct outbox *ob, struct outbox_job *job)
 {
     if (ob->batch_tail)
@@ -438,11 +475,9 @@ static void outbox_batch_add(struct outbox *ob, struct outbox_job *job)
         ob->batch_head = job;
     ob->batch_tail = job;
     ob->batch_n++;
-    if (!ob->flush_armed) {
-        ob->flush_armed = 1;
-        uv_check_start(&ob->flush_check, outbox_on_flush_check);
-        uv_prepare_start(&ob->flush_prepare, outbox_on_flush_prepare);
-    }
+    /* While a transaction is in flight its reply arms the flush. */
+    if (ob->batch_txs < OUTBOX_BATCH_TX_MAX)
+        outbox_arm(ob);
 }
 
 /* ---- spool path ----------------------------------------------------------------------------- */
@@ -753,8 +788,12 @@ void outbox_close(struct outbox *ob, outbox_closed_cb cb, void *data)
     ob->closed_cb = cb;
     ob->closed_data = data;
     ob->closes_left = 4;
-    /* The batch goes to the spool (closing routes there), in order. */
-    outbox_flush(ob);
+    /* The batch goes to the spool (closing routes there), in order: now, or once the
+     * transactions in flight have given back their jobs (their replies come with the
+     * redis_close below), behind them. */
+    outbox_disarm(ob);
+    if (!ob->batch_txs)
+        outbox_flush(ob);
     uv_timer_stop(&ob->drain_timer);
     uv_close((uv_handle_t *)&ob->drain_timer, outbox_on_handle_closed);
     uv_close((uv_handle_t *)&ob->flush_check, outbox_on_handle_closed);

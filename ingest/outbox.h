@@ -4,7 +4,9 @@
  * Batching: jobs submitted during one loop iteration (all the requests the HTTP server read
  * in it) collect in a batch that is sent after the iteration's I/O callbacks (libuv check
  * phase; or prepare phase, before the loop next waits, for jobs submitted later), as ONE
- * Redis transaction of up to 128 jobs: `MULTI, SADD queues events, LPUSH queue:events
+ * Redis transaction of up to 128 jobs (while a batch transaction is in flight, the jobs
+ * accepted meanwhile wait for its reply and then go as one: batches grow with the load, at
+ * most one Redis round trip later): `MULTI, SADD queues events, LPUSH queue:events
  * <payload 1> ... <payload n>, [EVAL dedupe], EXEC`. The dedupe script (only when a job has a
  * delivery id) runs right after the LPUSH, inside the transaction: it does `SET
  * tierone:delivery:<id> 1 NX EX <ttl>` per job and takes the jobs whose key existed (a

@@ -1716,3 +1716,42 @@ Test(outbox, closing_spools_a_batch_not_sent_yet, .init = setup, .fini = teardow
     free(q);
     ob_close(&e);
 }
+
+Test(outbox, closing_keeps_the_order_of_a_transaction_in_flight_and_the_jobs_behind_it,
+     .init = setup, .fini = teardown)
+{
+    /* Redis holds the first transaction (CLIENT PAUSE WRITE); the next jobs wait for its
+     * reply. The close spools both, the transaction's first. */
+    struct ob_env e;
+    ob_open(&e);
+    redisReply *r = test_redis_cmd(rc, "CLIENT PAUSE 20000 WRITE");
+    freeReplyObject(r);
+    const struct ob_case first[] = {{"a1", OUTBOX_SPOOLED}, {"a2", OUTBOX_SPOOLED}};
+    const struct ob_case then[] = {{"b1", OUTBOX_SPOOLED}, {"b2", OUTBOX_SPOOLED}};
+    struct ob_slot slots[4];
+    int count = 0;
+    ob_submit_all(&e, first, 2, slots, &count);
+    uv_run(&e.loop, UV_RUN_NOWAIT); /* the first transaction goes */
+    ob_submit_all(&e, then, 2, slots + 2, &count);
+    outbox_close(e.ob, ob_on_closed, &e);
+    ob_run_until(&e, &e.closed, 1, "the outbox to close");
+    r = test_redis_cmd(rc, "CLIENT UNPAUSE");
+    freeReplyObject(r);
+    cr_assert_eq(count, 4);
+    for (size_t i = 0; i < 4; i++)
+        cr_assert_eq(slots[i].res, OUTBOX_SPOOLED, "job %zu: %d", i, slots[i].res);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&e.loop), 0);
+    metrics_registry_free(e.reg);
+
+    ob_open(&e);
+    uint64_t deadline = now_ms() + 15000;
+    while (outbox_spool_depth(e.ob) > 0) {
+        cr_assert_lt(now_ms(), deadline, "the spool did not drain");
+        uv_run(&e.loop, UV_RUN_ONCE);
+    }
+    char *q = queue_deliveries();
+    cr_assert_str_eq(q, "a1 a2 b1 b2");
+    free(q);
+    ob_close(&e);
+}
