@@ -1,10 +1,17 @@
-/* signature: HMAC-SHA256 verification of Chatwoot deliveries (see signature.h). */
+/* signature: HMAC-SHA256 verification of Chatwoot deliveries (see signature.h).
+ *
+ * HMAC is computed from SHA-256 states that already absorbed the key's inner and outer pad
+ * (RFC 2104), kept per secret: a delivery copies them (plain structs, no allocation) and
+ * hashes its bytes. That is what EVP_MAC does inside, without its per-call context
+ * duplication, provider dispatch and frees, which cost a sizeable part of a request. The
+ * low-level SHA256_* functions are deprecated in OpenSSL 3 but still provided (and use the
+ * same SHA extensions / AVX code); the test vectors in tests/unit/test_signature.c pin the
+ * result to `openssl dgst -hmac`. */
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_CTX, SHA256_Init/Update/Final */
 #include "signature.h"
 #include "xalloc.h"
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,25 +21,42 @@
 #define SIGNATURE_DIGEST_LEN 32
 #define SIGNATURE_TS_MAX     15
 
-/* A new HMAC-SHA256 context keyed with secret, or NULL. */
-static EVP_MAC_CTX *signature_mac_new(const char *secret)
+/* One secret's HMAC-SHA256 key schedule: SHA-256 after (key ^ ipad) and after (key ^ opad). */
+struct signature_mac {
+    SHA256_CTX inner, outer;
+};
+
+static void signature_mac_free(struct signature_mac *m)
 {
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (!mac)
-        return NULL;
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(mac);
-    EVP_MAC_free(mac); /* the context keeps its own reference */
-    if (!ctx)
-        return NULL;
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-        OSSL_PARAM_construct_end(),
-    };
-    if (EVP_MAC_init(ctx, (const unsigned char *)secret, strlen(secret), params) != 1) {
-        EVP_MAC_CTX_free(ctx);
+    if (!m)
+        return;
+    OPENSSL_cleanse(m, sizeof *m);
+    free(m);
+}
+
+/* The key schedule of secret, or NULL if OpenSSL fails. */
+static struct signature_mac *signature_mac_new(const char *secret)
+{
+    unsigned char key[SHA256_CBLOCK] = {0}, pad[SHA256_CBLOCK];
+    size_t len = strlen(secret);
+    if (len > SHA256_CBLOCK) /* longer keys are hashed first */
+        SHA256((const unsigned char *)secret, len, key);
+    else
+        memcpy(key, secret, len);
+    struct signature_mac *m = xmalloc(sizeof *m);
+    for (size_t i = 0; i < SHA256_CBLOCK; i++)
+        pad[i] = key[i] ^ 0x36;
+    int ok = SHA256_Init(&m->inner) == 1 && SHA256_Update(&m->inner, pad, sizeof pad) == 1;
+    for (size_t i = 0; i < SHA256_CBLOCK; i++)
+        pad[i] = key[i] ^ 0x5c;
+    ok = ok && SHA256_Init(&m->outer) == 1 && SHA256_Update(&m->outer, pad, sizeof pad) == 1;
+    OPENSSL_cleanse(key, sizeof key);
+    OPENSSL_cleanse(pad, sizeof pad);
+    if (!ok) {
+        signature_mac_free(m);
         return NULL;
     }
-    return ctx;
+    return m;
 }
 
 /* Append one trimmed, non-empty entry of the list. */
@@ -47,7 +71,7 @@ static int signature_keys_add(struct signature_keys *k, const char *s, size_t le
     if (!len)
         return 0;
     char *secret = xstrndup(s, len);
-    EVP_MAC_CTX *ctx = signature_mac_new(secret);
+    struct signature_mac *ctx = signature_mac_new(secret);
     if (!ctx) {
         OPENSSL_cleanse(secret, len);
         free(secret);
@@ -84,7 +108,7 @@ void signature_keys_free(struct signature_keys *keys)
     for (size_t i = 0; i < keys->n; i++) {
         OPENSSL_cleanse(keys->secrets[i], strlen(keys->secrets[i]));
         free(keys->secrets[i]);
-        EVP_MAC_CTX_free(keys->macs[i]);
+        signature_mac_free(keys->macs[i]);
     }
     free(keys->secrets);
     free(keys->macs);
@@ -105,6 +129,15 @@ int signature_parse_timestamp(const char *ts, int64_t *out)
     return 0;
 }
 
+/* The value of a hex digit, or -1. */
+static int signature_hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c |= 0x20; /* lower case */
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
 /* "sha256=<64 hex>" into 32 bytes. */
 static int signature_parse(const char *sig, unsigned char out[SIGNATURE_DIGEST_LEN])
 {
@@ -113,8 +146,8 @@ static int signature_parse(const char *sig, unsigned char out[SIGNATURE_DIGEST_L
         return -1;
     const char *h = sig + plen;
     for (size_t i = 0; i < SIGNATURE_DIGEST_LEN; i++) {
-        int hi = OPENSSL_hexchar2int((unsigned char)h[2 * i]),
-            lo = OPENSSL_hexchar2int((unsigned char)h[2 * i + 1]);
+        int hi = signature_hexval((unsigned char)h[2 * i]),
+            lo = signature_hexval((unsigned char)h[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         out[i] = (unsigned char)(hi << 4 | lo);
@@ -122,18 +155,18 @@ static int signature_parse(const char *sig, unsigned char out[SIGNATURE_DIGEST_L
     return 0;
 }
 
-/* HMAC of "<ts>.<body>" with a keyed context (copied, so the template stays reusable). */
-static int signature_mac(void *keyed, const char *ts, const char *body, size_t body_len,
-                         unsigned char out[SIGNATURE_DIGEST_LEN])
+/* HMAC of "<ts>.<body>" with a key schedule (copied, so it stays reusable). */
+static int signature_mac(const struct signature_mac *m, const char *ts, const char *body,
+                         size_t body_len, unsigned char out[SIGNATURE_DIGEST_LEN])
 {
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(keyed);
-    size_t outl = 0;
-    int ok = ctx && EVP_MAC_update(ctx, (const unsigned char *)ts, strlen(ts)) == 1 &&
-             EVP_MAC_update(ctx, (const unsigned char *)".", 1) == 1 &&
-             EVP_MAC_update(ctx, (const unsigned char *)body, body_len) == 1 &&
-             EVP_MAC_final(ctx, out, &outl, SIGNATURE_DIGEST_LEN) == 1 &&
-             outl == SIGNATURE_DIGEST_LEN;
-    EVP_MAC_CTX_free(ctx);
+    unsigned char inner[SIGNATURE_DIGEST_LEN];
+    SHA256_CTX c = m->inner;
+    int ok = SHA256_Update(&c, ts, strlen(ts)) == 1 && SHA256_Update(&c, ".", 1) == 1 &&
+             SHA256_Update(&c, body, body_len) == 1 && SHA256_Final(inner, &c) == 1;
+    c = m->outer;
+    ok = ok && SHA256_Update(&c, inner, sizeof inner) == 1 && SHA256_Final(out, &c) == 1;
+    OPENSSL_cleanse(&c, sizeof c);
+    OPENSSL_cleanse(inner, sizeof inner);
     return ok ? 0 : -1;
 }
 
@@ -191,10 +224,10 @@ void signature_compute(const char *secret, const char *ts, const char *body, siz
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char d[SIGNATURE_DIGEST_LEN] = {0};
-    EVP_MAC_CTX *ctx = signature_mac_new(secret);
+    struct signature_mac *ctx = signature_mac_new(secret);
     if (ctx)
         signature_mac(ctx, ts, body, body_len, d);
-    EVP_MAC_CTX_free(ctx);
+    signature_mac_free(ctx);
     for (size_t i = 0; i < sizeof d; i++) {
         out[2 * i] = hex[d[i] >> 4];
         out[2 * i + 1] = hex[d[i] & 15];

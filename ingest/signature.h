@@ -27,7 +27,7 @@
 struct signature_keys {
     size_t n;
     char **secrets;
-    void **macs; /* EVP_MAC_CTX *, already keyed */
+    void **macs; /* each secret's HMAC key schedule (private to signature.c) */
 };
 
 /* Why a delivery was refused (or SIGNATURE_OK). */

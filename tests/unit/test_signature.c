@@ -41,6 +41,39 @@ Test(signature, compute_matches_openssl)
     cr_assert_str_eq(hex, "5c2999a43333a6877f49c8003f235c4f6de40f85b1b7414b70bd470a8db53d97");
 }
 
+/* Secrets around the SHA-256 block size (64 bytes; longer ones are hashed first), and a
+ * verify with such a secret among others. */
+Test(signature, secrets_of_any_length_match_openssl)
+{
+    static const struct {
+        char c;
+        size_t n;
+        const char *hex;
+    } cases[] = {
+        {'x', 63, "2f5aa5ab83c7397109e7e4a7d3b24fe4674f70ddb448a7a027dcab8b95d340e1"},
+        {'a', 64, "e56a65638e2b8144e04b75488f5dc3c1c14c8e614efe230271626579962d3fc8"},
+        {'b', 65, "703fb8b18f6f6f3c7ba7a6d21dbf084a20c7a7d5b27cbda16a0c1446821d830b"},
+        {'k', 200, "3a385c90c27bb3926e7df1e9a3e0d67b84ab2f6897414478c4f611dd496d75af"},
+    };
+    const char *body = "{\"event\":\"x\"}";
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char secret[256], hex[SIGNATURE_HEX_LEN + 1], csv[300], sig[80];
+        memset(secret, cases[i].c, cases[i].n);
+        secret[cases[i].n] = '\0';
+        signature_compute(secret, TS, body, strlen(body), hex);
+        cr_assert_str_eq(hex, cases[i].hex, "%zu-byte secret", cases[i].n);
+        snprintf(csv, sizeof csv, "other,%s", secret);
+        keys_init(csv);
+        snprintf(sig, sizeof sig, "sha256=%s", cases[i].hex);
+        cr_assert_eq(signature_verify(&keys, sig, TS, body, strlen(body), NOW, 300, NULL),
+                     SIGNATURE_OK, "%zu-byte secret", cases[i].n);
+        /* the same signature twice: the key schedules are reused, not used up */
+        cr_assert_eq(signature_verify(&keys, sig, TS, body, strlen(body), NOW, 300, NULL),
+                     SIGNATURE_OK);
+        signature_keys_free(&keys);
+    }
+}
+
 Test(signature, accepts_any_configured_secret)
 {
     keys_init(" old-secret , whsec-one,,third ");
