@@ -1,5 +1,8 @@
 /* buf: growable NUL-terminated byte buffer (see buf.h). */
 #include "buf.h"
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "xalloc.h"
 
@@ -65,6 +68,20 @@ size_t buf_json_plain_words(const char *s, size_t len)
 {
     size_t i = 0;
     uint64_t w;
+#if defined(__SSE2__)
+    /* 16 bytes at a time: a byte needs an escape when it equals '"' or '\\' or
+     * min(byte, 0x1f) == byte (unsigned: below 0x20). Stops at the 16-byte block holding
+     * one, a multiple of 8; the word loop below then stops at its 8-byte word. */
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+    const __m128i ctl = _mm_set1_epi8(0x1f);
+    for (; i + 16 <= len; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                                 _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v));
+        if (_mm_movemask_epi8(m))
+            break;
+    }
+#endif
     while (i + 8 <= len && (memcpy(&w, s + i, 8), !buf_word_needs_escape(w)))
         i += 8;
     return i;

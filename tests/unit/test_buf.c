@@ -1,5 +1,5 @@
-/* buf: buf_json_string skips 8 bytes at a time over runs that need no escape; its output
- * must be the plain byte-at-a-time escaping (reference below) wherever the characters to
+/* buf: buf_json_string skips 16 (SSE2) or 8 bytes at a time over runs that need no escape; its
+ * output must be the plain byte-at-a-time escaping (reference below) wherever the characters to
  * escape fall. */
 #include "buf.h"
 
@@ -66,4 +66,24 @@ Test(buf, json_string_escapes_every_control_and_keeps_utf8)
     cr_assert(strstr(got.data, "\\u001f") && strstr(got.data, "\\u0001"));
     buf_free(&want);
     buf_free(&got);
+}
+
+Test(buf, json_string_finds_each_byte_at_every_position_of_the_wide_scan)
+{
+    /* The scan goes 16 bytes, then 8, then 1 at a time: a byte to escape (and a byte that
+     * needs none) at each offset of a 70-byte run, for every byte value. */
+    char body[70];
+    for (int c = 0; c < 256; c++) {
+        for (size_t at = 0; at < sizeof body; at++) {
+            memset(body, 'a', sizeof body);
+            body[at] = (char)c;
+            struct buf want = BUF_INIT, got = BUF_INIT;
+            reference(&want, body, sizeof body);
+            buf_json_string(&got, body, sizeof body);
+            cr_assert_eq(got.len, want.len, "byte %d at %zu", c, at);
+            cr_assert_eq(memcmp(got.data, want.data, want.len), 0, "byte %d at %zu", c, at);
+            buf_free(&want);
+            buf_free(&got);
+        }
+    }
 }
