@@ -1686,6 +1686,25 @@ Test(outbox, a_failed_transaction_spools_the_whole_batch_and_leaves_no_dedupe_ke
     ob_close(&e);
 }
 
+/* e's outbox has closed: finish its loop, then a new outbox on the same spool drains it;
+ * queue:events must then hold want (queue_deliveries). */
+static void expect_drained_in_order(struct ob_env *e, const char *want)
+{
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    cr_assert_eq(uv_loop_close(&e->loop), 0);
+    metrics_registry_free(e->reg);
+    ob_open(e);
+    uint64_t deadline = now_ms() + 15000;
+    while (outbox_spool_depth(e->ob) > 0) {
+        cr_assert_lt(now_ms(), deadline, "the spool did not drain");
+        uv_run(&e->loop, UV_RUN_ONCE);
+    }
+    char *q = queue_deliveries();
+    cr_assert_str_eq(q, want);
+    free(q);
+    ob_close(e);
+}
+
 Test(outbox, closing_spools_a_batch_not_sent_yet, .init = setup, .fini = teardown)
 {
     struct ob_env e;
@@ -1699,22 +1718,8 @@ Test(outbox, closing_spools_a_batch_not_sent_yet, .init = setup, .fini = teardow
     cr_assert_eq(count, 2);
     for (size_t i = 0; i < 2; i++)
         cr_assert_eq(slots[i].res, OUTBOX_SPOOLED, "job %zu: %d", i, slots[i].res);
-    uv_run(&e.loop, UV_RUN_DEFAULT);
-    cr_assert_eq(uv_loop_close(&e.loop), 0);
-    metrics_registry_free(e.reg);
     cr_assert_eq(llen(), 0);
-
-    /* The next outbox on the same spool drains them. */
-    ob_open(&e);
-    uint64_t deadline = now_ms() + 15000;
-    while (outbox_spool_depth(e.ob) > 0) {
-        cr_assert_lt(now_ms(), deadline, "the spool did not drain");
-        uv_run(&e.loop, UV_RUN_ONCE);
-    }
-    char *q = queue_deliveries();
-    cr_assert_str_eq(q, "k1 -");
-    free(q);
-    ob_close(&e);
+    expect_drained_in_order(&e, "k1 -");
 }
 
 Test(outbox, closing_keeps_the_order_of_a_transaction_in_flight_and_the_jobs_behind_it,
@@ -1740,18 +1745,5 @@ Test(outbox, closing_keeps_the_order_of_a_transaction_in_flight_and_the_jobs_beh
     cr_assert_eq(count, 4);
     for (size_t i = 0; i < 4; i++)
         cr_assert_eq(slots[i].res, OUTBOX_SPOOLED, "job %zu: %d", i, slots[i].res);
-    uv_run(&e.loop, UV_RUN_DEFAULT);
-    cr_assert_eq(uv_loop_close(&e.loop), 0);
-    metrics_registry_free(e.reg);
-
-    ob_open(&e);
-    uint64_t deadline = now_ms() + 15000;
-    while (outbox_spool_depth(e.ob) > 0) {
-        cr_assert_lt(now_ms(), deadline, "the spool did not drain");
-        uv_run(&e.loop, UV_RUN_ONCE);
-    }
-    char *q = queue_deliveries();
-    cr_assert_str_eq(q, "a1 a2 b1 b2");
-    free(q);
-    ob_close(&e);
+    expect_drained_in_order(&e, "a1 a2 b1 b2");
 }
