@@ -6,6 +6,7 @@
 #include "outbox.h"
 #include "buf.h"
 #include "clock.h"
+#include "defer.h"
 #include "log.h"
 #include "redis.h"
 #include "spool.h"
@@ -92,14 +93,10 @@ struct outbox {
     char ttl[24];
     uint32_t drain_interval_ms;
     uv_timer_t drain_timer;
-    /* The batch: jobs submitted since the last flush, in order. It is flushed from the
-     * check phase (after this loop iteration's I/O callbacks) or, for jobs submitted later
-     * in the iteration, from the prepare phase (before the loop next waits). */
-    uv_check_t flush_check;
-    uv_prepare_t flush_prepare;
-    int flush_armed;
+    /* The batch: jobs submitted since the last flush, in order. It is flushed at the end
+     * of the loop iteration (lib/defer.h), or after the reply of the transaction in flight. */
+    struct defer flush;
     struct outbox_job *batch_head, *batch_tail;
-    size_t batch_n;
     size_t batch_txs;   /* batch transactions in flight (their reply not yet in) */
     struct buf keys;    /* scratch: the dedupe keys of the call being built */
     size_t drain_busy;  /* records in the drain push in flight (0 = none) */
@@ -107,7 +104,7 @@ struct outbox {
     int redis_warned;   /* a "falling back to the spool" line was written for this outage */
     uint64_t in_flight; /* submitted jobs whose callback has not run */
     int closing;
-    int closes_left; /* timer, check, prepare close + redis/spool chain */
+    int closes_left; /* timer, flush defer + redis/spool chain */
     outbox_closed_cb closed_cb;
     void *closed_data;
     /* metrics (NULL without a registry) */
@@ -149,7 +146,6 @@ struct outbox_call {
 };
 
 static void outbox_drain(struct outbox *ob);
-static void outbox_arm(struct outbox *ob);
 static void outbox_flush(struct outbox *ob);
 static int outbox_spool_job(struct outbox *ob, struct outbox_job *job, char *err, size_t errcap);
 
@@ -383,88 +379,67 @@ static void outbox_on_batch_reply(struct redis *r, redisReply *reply, void *data
     /* Jobs that waited for this reply go after this iteration's I/O (with what it reads);
      * when closing, to the spool now, behind this transaction's jobs. */
     if (ob->batch_head && !ob->closing)
-        outbox_arm(ob);
+        defer_arm(&ob->flush);
     else if (ob->batch_head && !ob->batch_txs)
         outbox_flush(ob);
 }
 
 /* ---- the batch ------------------------------------------------------------------------------ */
 
-static void outbox_disarm(struct outbox *ob)
+/* Send the first jobs of the batch (OUTBOX_BATCH_MAX, or fewer once they hold
+ * OUTBOX_BATCH_BYTES) as one transaction, taking them off the batch. Returns 0, or -1 with
+ * the batch as it was when the transaction could not be sent. */
+static int outbox_send_batch(struct outbox *ob)
 {
-    if (!ob->flush_armed)
-        return;
-    ob->flush_armed = 0;
-    uv_check_stop(&ob->flush_check);
-    uv_prepare_stop(&ob->flush_prepare);
+    struct outbox_item items[OUTBOX_BATCH_MAX];
+    size_t n = 0, bytes = 0;
+    struct outbox_job *head = ob->batch_head, *last = NULL;
+    for (struct outbox_job *j = head;
+         j && n < OUTBOX_BATCH_MAX && (n == 0 || bytes + j->len <= OUTBOX_BATCH_BYTES);
+         j = j->next) {
+        items[n++] = (struct outbox_item){j->delivery, j->dlen, j->payload, j->len};
+        bytes += j->len;
+        last = j;
+    }
+    struct outbox_call *call = xmalloc(sizeof *call);
+    call->ob = ob;
+    call->head = head;
+    call->n = n;
+    struct outbox_job *rest = last->next;
+    last->next = NULL;
+    if (outbox_send(ob, items, n, outbox_on_batch_reply, call) != 0) {
+        last->next = rest;
+        free(call);
+        return -1;
+    }
+    ob->batch_head = rest;
+    if (!rest)
+        ob->batch_tail = NULL;
+    ob->batch_txs++;
+    return 0;
 }
 
-/* Send the batch: one transaction per OUTBOX_BATCH_MAX jobs (or OUTBOX_BATCH_BYTES), in
- * order, while fewer than OUTBOX_BATCH_TX_MAX are in flight; what is left waits as the batch
- * for a reply (which re-arms the flush). When Redis cannot be used (down, closing, or jobs
- * are spooled ahead of these) the rest of the batch goes to the spool, in order. */
+/* Send the batch, in order, while fewer than OUTBOX_BATCH_TX_MAX transactions are in
+ * flight; what is left waits for a reply (which flushes again). When Redis cannot be used
+ * (down, closing, or jobs are spooled ahead of these) the rest of the batch goes to the
+ * spool, in order. */
 static void outbox_flush(struct outbox *ob)
 {
-    outbox_disarm(ob);
-    struct outbox_job *head = ob->batch_head, *tail = ob->batch_tail;
-    size_t left = ob->batch_n;
-    ob->batch_head = ob->batch_tail = NULL;
-    ob->batch_n = 0;
-    while (head) {
-        if (ob->closing || !spool_empty(ob->spool) || !redis_is_up(ob->redis))
-            break;
-        if (ob->batch_txs >= OUTBOX_BATCH_TX_MAX) { /* wait for a reply */
-            ob->batch_head = head;
-            ob->batch_tail = tail;
-            ob->batch_n = left;
+    defer_disarm(&ob->flush);
+    while (ob->batch_head && ob->batch_txs < OUTBOX_BATCH_TX_MAX) {
+        if (ob->closing || !spool_empty(ob->spool) || !redis_is_up(ob->redis) ||
+            outbox_send_batch(ob) != 0) {
+            struct outbox_job *rest = ob->batch_head;
+            ob->batch_head = ob->batch_tail = NULL;
+            outbox_spool_list(ob, rest);
             return;
         }
-        struct outbox_item items[OUTBOX_BATCH_MAX];
-        size_t n = 0, bytes = 0;
-        struct outbox_job *last = NULL;
-        for (struct outbox_job *j = head;
-             j && n < OUTBOX_BATCH_MAX && (n == 0 || bytes + j->len <= OUTBOX_BATCH_BYTES);
-             j = j->next) {
-            items[n++] = (struct outbox_item){j->delivery, j->dlen, j->payload, j->len};
-            bytes += j->len;
-            last = j;
-        }
-        struct outbox_call *call = xmalloc(sizeof *call);
-        call->ob = ob;
-        call->head = head;
-        call->n = n;
-        struct outbox_job *rest = last->next;
-        last->next = NULL;
-        if (outbox_send(ob, items, n, outbox_on_batch_reply, call) != 0) {
-            last->next = rest;
-            free(call);
-            break;
-        }
-        ob->batch_txs++;
-        left -= n;
-        head = rest;
     }
-    outbox_spool_list(ob, head);
 }
 
-static void outbox_on_flush_check(uv_check_t *h)
+static void outbox_flush_deferred(void *arg)
 {
-    outbox_flush(h->data);
-}
-
-static void outbox_on_flush_prepare(uv_prepare_t *h)
-{
-    outbox_flush(h->data);
-}
-
-/* Flush after this iteration's I/O callbacks (or before the loop next waits). */
-static void outbox_arm(struct outbox *ob)
-{
-    if (ob->flush_armed)
-        return;
-    ob->flush_armed = 1;
-    uv_check_start(&ob->flush_check, outbox_on_flush_check);
-    uv_prepare_start(&ob->flush_prepare, outbox_on_flush_prepare);
+    outbox_flush(arg);
 }
 
 static void outbox_batch_add(struct outbox *ob, struct outbox_job *job)
@@ -474,10 +449,9 @@ static void outbox_batch_add(struct outbox *ob, struct outbox_job *job)
     else
         ob->batch_head = job;
     ob->batch_tail = job;
-    ob->batch_n++;
     /* While a transaction is in flight its reply arms the flush. */
     if (ob->batch_txs < OUTBOX_BATCH_TX_MAX)
-        outbox_arm(ob);
+        defer_arm(&ob->flush);
 }
 
 /* ---- spool path ----------------------------------------------------------------------------- */
@@ -732,10 +706,7 @@ struct outbox *outbox_new(uv_loop_t *loop, const struct outbox_opts *opts, char 
     ob->drain_timer.data = ob;
     uv_timer_start(&ob->drain_timer, outbox_on_drain_timer, ob->drain_interval_ms,
                    ob->drain_interval_ms);
-    uv_check_init(loop, &ob->flush_check);
-    ob->flush_check.data = ob;
-    uv_prepare_init(loop, &ob->flush_prepare);
-    ob->flush_prepare.data = ob;
+    defer_init(&ob->flush, loop, outbox_flush_deferred, ob);
     return ob;
 }
 
@@ -780,6 +751,11 @@ static void outbox_on_handle_closed(uv_handle_t *h)
     outbox_close_step(h->data);
 }
 
+static void outbox_on_flush_closed(void *data)
+{
+    outbox_close_step(data);
+}
+
 void outbox_close(struct outbox *ob, outbox_closed_cb cb, void *data)
 {
     if (ob->closing)
@@ -787,17 +763,16 @@ void outbox_close(struct outbox *ob, outbox_closed_cb cb, void *data)
     ob->closing = 1;
     ob->closed_cb = cb;
     ob->closed_data = data;
-    ob->closes_left = 4;
+    ob->closes_left = 3;
     /* The batch goes to the spool (closing routes there), in order: now, or once the
      * transactions in flight have given back their jobs (their replies come with the
      * redis_close below), behind them. */
-    outbox_disarm(ob);
+    defer_disarm(&ob->flush);
     if (!ob->batch_txs)
         outbox_flush(ob);
     uv_timer_stop(&ob->drain_timer);
     uv_close((uv_handle_t *)&ob->drain_timer, outbox_on_handle_closed);
-    uv_close((uv_handle_t *)&ob->flush_check, outbox_on_handle_closed);
-    uv_close((uv_handle_t *)&ob->flush_prepare, outbox_on_handle_closed);
+    defer_close(&ob->flush, outbox_on_flush_closed);
     /* Jobs still waiting on Redis get a NULL reply now and go to the spool, which stays
      * open until Redis is closed. */
     redis_close(ob->redis, outbox_on_redis_closed, ob);

@@ -5,6 +5,8 @@
  * final. Every command in flight is a struct redis_cmd on a FIFO list, in send order (Redis
  * answers in order), so the watchdog only looks at the head to find a hung command. */
 #include "redis.h"
+
+#include "defer.h"
 #include "log.h"
 #include "clock.h"
 #include "xalloc.h"
@@ -74,27 +76,30 @@ static void redis_drop(struct redis *r, const char *why);
  *
  * Writes are deferred, not polled for: hiredis asks for a write on every command, and a
  * connected socket almost always has room. So a command marks the connection dirty and the
- * commands of one loop iteration are written together at its end (a check handle, which
- * runs right after the I/O callbacks that submit most commands; a prepare handle catches
- * those submitted from timers, before the loop would block). Only a write the socket cannot
+ * commands of one loop iteration are written together at its end (lib/defer.h). Only a
+ * write the socket cannot
  * take whole, or a connect in progress, waits for POLLOUT. That saves two epoll_ctl calls
  * and one wake-up per batch of commands, the larger part of the adapter's cost under load. */
 
 struct redis_ev {
     uv_poll_t poll;
-    uv_check_t check;      /* flushes at the end of an iteration */
-    uv_prepare_t prepare;  /* ... or before the loop blocks */
+    struct defer flush;    /* writes the iteration's commands; armed while they wait */
     redisAsyncContext *ac; /* NULL once hiredis cleaned up */
     int events;            /* what the poll watches */
     int flushing;          /* inside redisAsyncHandleWrite from a flush */
-    int open_handles;      /* freed when the last one closed */
+    int open_handles;      /* the poll and the defer; freed when both closed */
 };
 
-static void redis_ev_on_closed(uv_handle_t *h)
+static void redis_ev_closed(void *arg)
 {
-    struct redis_ev *e = h->data;
+    struct redis_ev *e = arg;
     if (--e->open_handles == 0)
         free(e);
+}
+
+static void redis_ev_on_poll_closed(uv_handle_t *h)
+{
+    redis_ev_closed(h->data);
 }
 
 static void redis_ev_on_poll(uv_poll_t *h, int status, int events)
@@ -130,33 +135,14 @@ static void redis_ev_update(struct redis_ev *e, int add, int remove)
         uv_poll_stop(&e->poll);
 }
 
-/* Commands wait for the deferred flush exactly while its handles are active. */
-static int redis_ev_flush_pending(const struct redis_ev *e)
+static void redis_ev_flush(void *arg)
 {
-    return uv_is_active((const uv_handle_t *)&e->check);
-}
-
-static void redis_ev_flush(struct redis_ev *e)
-{
-    if (!redis_ev_flush_pending(e))
-        return;
-    uv_check_stop(&e->check);
-    uv_prepare_stop(&e->prepare);
+    struct redis_ev *e = arg;
     if (!e->ac)
         return;
     e->flushing = 1;
     redisAsyncHandleWrite(e->ac); /* may clean up: e->ac is then NULL */
     e->flushing = 0;
-}
-
-static void redis_ev_on_check(uv_check_t *h)
-{
-    redis_ev_flush(h->data);
-}
-
-static void redis_ev_on_prepare(uv_prepare_t *h)
-{
-    redis_ev_flush(h->data);
 }
 
 static void redis_ev_add_read(void *p)
@@ -177,10 +163,7 @@ static void redis_ev_add_write(void *p)
         redis_ev_update(e, UV_WRITABLE, 0);
         return;
     }
-    if (!redis_ev_flush_pending(e)) {
-        uv_check_start(&e->check, redis_ev_on_check);
-        uv_prepare_start(&e->prepare, redis_ev_on_prepare);
-    }
+    defer_arm(&e->flush);
 }
 static void redis_ev_del_write(void *p)
 {
@@ -192,9 +175,8 @@ static void redis_ev_cleanup(void *p)
     struct redis_ev *e = p;
     e->ac = NULL;
     uv_poll_stop(&e->poll);
-    uv_close((uv_handle_t *)&e->poll, redis_ev_on_closed);
-    uv_close((uv_handle_t *)&e->check, redis_ev_on_closed);
-    uv_close((uv_handle_t *)&e->prepare, redis_ev_on_closed);
+    uv_close((uv_handle_t *)&e->poll, redis_ev_on_poll_closed);
+    defer_close(&e->flush, redis_ev_closed);
 }
 
 static int redis_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
@@ -204,10 +186,9 @@ static int redis_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
         free(e);
         return -1;
     }
-    uv_check_init(loop, &e->check);
-    uv_prepare_init(loop, &e->prepare);
-    e->poll.data = e->check.data = e->prepare.data = e;
-    e->open_handles = 3;
+    defer_init(&e->flush, loop, redis_ev_flush, e);
+    e->poll.data = e;
+    e->open_handles = 2;
     e->ac = ac;
     ac->ev.data = e;
     ac->ev.addRead = redis_ev_add_read;
