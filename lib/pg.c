@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- request lists ----------------------------------------------------------------------- */
 
@@ -35,6 +36,16 @@ struct pg_req *pg_req_list_pop(struct pg_req_list *l)
     return req;
 }
 
+/* 1 if sql opens a transaction block (BEGIN, START TRANSACTION): statements pipelined
+ * behind it would run inside it. */
+static int pg_sql_begins_block(const char *sql)
+{
+    if (!sql)
+        return 0;
+    sql += strspn(sql, " \t\r\n");
+    return !strncasecmp(sql, "begin", 5) || !strncasecmp(sql, "start", 5);
+}
+
 struct pg_req *pg_req_new(struct pg_pool *p, enum pg_req_kind kind, const char *sql, int nparams,
                           const char *const *params)
 {
@@ -42,7 +53,8 @@ struct pg_req *pg_req_new(struct pg_pool *p, enum pg_req_kind kind, const char *
     req->pool = p;
     req->kind = kind;
     req->sql = xstrdup(sql);
-    req->hash = sql ? pg_stmt_hash(sql) : 0;
+    req->hash = p->prepare && nparams > 0 ? pg_stmt_hash(sql) : 0; /* for the cache only */
+    req->alone = kind == PQ_ACQUIRE || pg_sql_begins_block(sql);
     req->stmt_no = -1;
     req->nparams = nparams;
     if (nparams > 0) {
@@ -127,11 +139,17 @@ void pg_req_finish_later(struct pg_req *req, enum pg_error err, const char *sqls
     uv_timer_start(&p->kick, pg_pool_on_kick, 0, 0);
 }
 
-static void pg_pool_on_handle_closed(uv_handle_t *h)
+/* One of the pool's own handles (or its defer) closed. */
+static void pg_pool_one_closed(void *arg)
 {
-    struct pg_pool *p = h->data;
+    struct pg_pool *p = arg;
     p->handles_open--;
     pg_pool_maybe_finish(p);
+}
+
+static void pg_pool_on_handle_closed(uv_handle_t *h)
+{
+    pg_pool_one_closed(h->data);
 }
 
 /* ---- the pool ---------------------------------------------------------------------------- */
@@ -310,10 +328,9 @@ struct pg_pool *pg_pool_new(uv_loop_t *loop, const struct pg_pool_opts *opts, ch
         pg_conn_init(&p->conns[i], p, (int)i);
     uv_timer_init(loop, &p->kick);
     uv_timer_init(loop, &p->wait_timer);
-    uv_check_init(loop, &p->uncork_check);
-    uv_prepare_init(loop, &p->uncork_prepare);
-    p->kick.data = p->wait_timer.data = p->uncork_check.data = p->uncork_prepare.data = p;
-    p->handles_open += 4;
+    defer_init(&p->uncork, loop, pg_pool_uncork, p);
+    p->kick.data = p->wait_timer.data = p;
+    p->handles_open += 3;
     return p;
 }
 
@@ -383,8 +400,7 @@ void pg_pool_close(struct pg_pool *p, void (*closed_cb)(void *arg), void *arg)
     p->closed_arg = arg;
     uv_close((uv_handle_t *)&p->kick, pg_pool_on_handle_closed);
     uv_close((uv_handle_t *)&p->wait_timer, pg_pool_on_handle_closed);
-    uv_close((uv_handle_t *)&p->uncork_check, pg_pool_on_handle_closed);
-    uv_close((uv_handle_t *)&p->uncork_prepare, pg_pool_on_handle_closed);
+    defer_close(&p->uncork, pg_pool_one_closed);
     /* Settle every slot first, so callbacks see a closed pool. */
     struct pg_req_list pending = p->delivering;
     memset(&p->delivering, 0, sizeof p->delivering);

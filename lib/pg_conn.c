@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #define PG_BACKOFF_MIN_MS    100
 #define PG_BACKOFF_MAX_MS    5000
@@ -287,23 +286,9 @@ static void pg_conn_watchdog(struct pg_conn *c)
  * A socket corked while statements are sent, uncorked once per iteration, sends them
  * together. */
 
-static void pg_pool_on_uncork_check(uv_check_t *h)
+void pg_pool_uncork(void *arg)
 {
-    pg_pool_uncork(h->data);
-}
-
-static void pg_pool_on_uncork_prepare(uv_prepare_t *h)
-{
-    pg_pool_uncork(h->data);
-}
-
-void pg_pool_uncork(struct pg_pool *p)
-{
-    if (!p->corked)
-        return;
-    p->corked = 0;
-    uv_check_stop(&p->uncork_check);
-    uv_prepare_stop(&p->uncork_prepare);
+    struct pg_pool *p = arg;
     int off = 0;
     for (unsigned i = 0; i < p->size; i++) {
         struct pg_conn *c = &p->conns[i];
@@ -326,11 +311,7 @@ static void pg_conn_cork(struct pg_conn *c)
         return;
     }
     c->cork = 1;
-    if (!p->corked) {
-        p->corked = 1;
-        uv_check_start(&p->uncork_check, pg_pool_on_uncork_check);
-        uv_prepare_start(&p->uncork_prepare, pg_pool_on_uncork_prepare);
-    }
+    defer_arm(&p->uncork);
 }
 
 /* Push the outgoing buffer; watch for writability while some is left. */
@@ -378,23 +359,15 @@ static void pg_stmt_drop(struct pg_conn *c, int i)
     c->stmts[i] = c->stmts[--c->nstmts];
 }
 
-/* 1 if sql opens a transaction block (BEGIN, START TRANSACTION): statements pipelined
- * behind it would run inside it, so it goes alone on the wire. */
-static int pg_sql_begins_block(const char *sql)
-{
-    sql += strspn(sql, " \t\r\n");
-    return !strncasecmp(sql, "begin", 5) || !strncasecmp(sql, "start", 5);
-}
-
 int pg_conn_accepts(const struct pg_conn *c, const struct pg_req *req)
 {
     if (c->state != PC_UP || c->held)
         return 0;
-    if (req->kind == PQ_ACQUIRE || pg_sql_begins_block(req->sql))
+    if (req->alone)
         return c->wire.n == 0;
     if (c->wire.n >= c->pool->depth)
         return 0;
-    if (c->wire.head && (pg_sql_begins_block(c->wire.head->sql) ||
+    if (c->wire.head && (c->wire.head->alone ||
                          uv_now(c->pool->loop) - c->wire.head->sent_ms > PG_PIPELINE_STALL_MS))
         return 0; /* behind a transaction block, or a statement that takes its time */
     if (c->unconfirmed && c->pool->prepare && req->nparams > 0) {

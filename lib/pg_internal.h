@@ -18,6 +18,7 @@
 #ifndef TIERONE_PG_INTERNAL_H
 #define TIERONE_PG_INTERNAL_H
 
+#include "defer.h"
 #include "pg.h"
 
 #include <libpq-fe.h>
@@ -45,6 +46,8 @@ struct pg_req {
     void *arg;
     struct pg_conn *conn; /* acquire: the granted slot; held-connection query: its slot */
     uint64_t hash;        /* of sql (pg_stmt_hash), for the prepared-statement cache */
+    int alone;            /* an acquire, or a statement opening a transaction block: goes
+                           * only to an idle connection, and nothing goes behind it */
     uint64_t deadline_ms; /* while queued */
     uint64_t sent_ms;     /* on the wire since (uv_now) */
     /* On the wire: the prepared statement it runs as (-1: unnamed), and whether its Parse
@@ -114,11 +117,9 @@ struct pg_pool {
     struct pg_req_list delivering; /* the batch pg_pool_on_kick is delivering */
     uv_timer_t kick;               /* delivers `later` */
     uv_timer_t wait_timer;         /* fails queued requests at their deadline */
-    /* Corked sockets are uncorked at the end of the loop iteration (check), or before the
-     * loop blocks (prepare), so the statements of one iteration leave in one segment. */
-    uv_check_t uncork_check;
-    uv_prepare_t uncork_prepare;
-    int corked;       /* some connection is corked */
+    /* Uncorks the corked sockets at the end of the loop iteration, so the statements of
+     * one iteration leave in one segment; armed while some connection is corked. */
+    struct defer uncork;
     char *last_error; /* last connect failure; NULL once a connection is up */
     int warned_down;
     uint64_t queries_total, errors_total, pipelined_total;
@@ -173,8 +174,8 @@ int pg_conn_accepts(const struct pg_conn *c, const struct pg_req *req);
 void pg_conn_send(struct pg_conn *c, struct pg_req *req);
 /* FNV-1a of sql. */
 uint64_t pg_stmt_hash(const char *sql);
-/* Uncork every corked connection of p. */
-void pg_pool_uncork(struct pg_pool *p);
+/* Uncork every corked connection of the pool arg (the uncork defer's function). */
+void pg_pool_uncork(void *arg);
 /* For pg_pool_close: move the statements on the wire to out, close the connection and the
  * slot's handles; the slot is CLOSED. */
 void pg_conn_shut(struct pg_conn *c, struct pg_req_list *out);
