@@ -85,15 +85,14 @@ int pipeline_init(struct pipeline *p, struct worker *w, const struct pipeline_se
     /* Every running job may wait for a connection at once (one statement at a time each):
      * the wait queue must hold them all, or a busy worker fails its own jobs. */
     long long waiters = w->cfg->concurrency * 2 > 1000 ? w->cfg->concurrency * 2 : 1000;
-    struct pg_pool_opts po = {
-        .conninfo = cfg->database_url,
-        .size = (unsigned)(cfg->database_pool > 0 ? cfg->database_pool : 8),
-        .max_waiters = (unsigned)waiters,
-        .query_timeout_ms = 30000,
-        .application_name = "tierone-worker",
-        .no_prepare = !cfg->database_prepare,
-        .pipeline_depth =
-            (unsigned)(cfg->database_pipeline > 0 ? cfg->database_pipeline : PG_PIPELINE_DEPTH)};
+    struct pg_pool_opts po = {.conninfo = cfg->database_url,
+                              .size = (unsigned)(cfg->database_pool > 0 ? cfg->database_pool : 8),
+                              .max_waiters = (unsigned)waiters,
+                              .query_timeout_ms = 30000,
+                              .application_name = "tierone-worker",
+                              .no_prepare = !cfg->database_prepare,
+                              .pipeline_depth =
+                                  (unsigned)cfg->database_pipeline}; /* 0: the pool's default */
     p->pg = pg_pool_new(w->loop, &po, &why);
     if (!p->pg)
         goto fail;
