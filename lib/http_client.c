@@ -380,8 +380,14 @@ static struct hc_shard *hc_shard_new(struct http_client *c)
         curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, c->opts.max_host_connections);
     if (c->opts.max_total_connections > 0)
         curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, c->opts.max_total_connections);
-    if (c->opts.max_cached_connections > 0)
-        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, c->opts.max_cached_connections);
+    /* curl's default cache keeps four connections per transfer still running, so as a
+     * burst drained its connections were closed and the next burst opened them again.
+     * A shard keeps four per transfer it can run (several hosts: the model, Chatwoot...). */
+    long keep = c->opts.max_cached_connections;
+    if (keep <= 0 && !c->limited)
+        keep = 4 * HC_SHARD_SIZE;
+    if (keep > 0)
+        curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, keep);
     c->shards = xrealloc(c->shards, (c->nshards + 1) * sizeof(*c->shards));
     c->shards[c->nshards++] = sh;
     return sh;

@@ -38,7 +38,8 @@ struct http_client;
 struct http_client_opts {
     long max_host_connections;   /* CURLMOPT_MAX_HOST_CONNECTIONS (0: unlimited) */
     long max_total_connections;  /* CURLMOPT_MAX_TOTAL_CONNECTIONS (0: unlimited) */
-    long max_cached_connections; /* CURLMOPT_MAXCONNECTS (0: curl's default) */
+    long max_cached_connections; /* CURLMOPT_MAXCONNECTS per multi (0: four per transfer a
+                                  * shard runs, 512; with a limit above, curl's default) */
     long recv_buffer_size;       /* CURLOPT_BUFFERSIZE per request (0: curl's 16 KiB) */
     const char *user_agent;      /* copied; default "tierone/<version>" */
     const char *ca_file;         /* CA bundle path (copied); default: the system store */

@@ -490,6 +490,45 @@ Test(http_client, many_concurrent_requests_all_complete, .timeout = 60)
     t_finish();
 }
 
+/* N concurrent GETs of /c, run to completion; every one must succeed. */
+static void wave(int n)
+{
+    static struct seen s[300];
+    cr_assert_leq(n, 300);
+    memset(s, 0, sizeof(s));
+    T.done = 0;
+    for (int i = 0; i < n; i++) {
+        char *u = xasprintf("%s/c?%d", fake_http_url(T.fake), i);
+        struct http_request req = {.url = u};
+        cr_assert_eq(http_client_request(T.client, &req, on_done, &s[i], NULL), 0);
+        free(u);
+    }
+    t_run_until(n);
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(s[i].result, HTTP_OK, "#%d: %s", i, s[i].error);
+        seen_free(&s[i]);
+    }
+}
+
+/* A burst's connections stay open for the next one. curl's default cache holds four per
+ * transfer still running, so as a burst drained its connections were closed, and each
+ * burst of the pipeline benchmark opened them again (one connection per two requests). */
+Test(http_client, a_burst_keeps_its_connections_for_the_next, .timeout = 60)
+{
+    enum { N = 200 }; /* more than one shard's worth */
+    t_start(NULL);
+    fake_http_route(T.fake, "GET", "/c", h_small_delay, NULL);
+    wave(N);
+    unsigned first = fake_http_connections(T.fake);
+    cr_assert_gt(first, N / 2, "the burst ran on %u connections", first);
+    wave(N);
+    wave(N);
+    cr_assert_leq(fake_http_connections(T.fake), first + N / 10,
+                  "the first burst opened %u connections, three opened %u", first,
+                  fake_http_connections(T.fake));
+    t_finish();
+}
+
 Test(http_client, max_host_connections_limits_parallel_connections, .timeout = 60)
 {
     enum { N = 20 };
