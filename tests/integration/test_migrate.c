@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <fcntl.h>
 #include <spawn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -405,6 +406,37 @@ static void run_tierone(struct run *r, const char *const *args, const char *cons
     cr_expect((r).status == (want_status) && strstr((r).stream, (needle)),                         \
               "exit %d (want %d), " #stream " lacks '%s'\nstdout:\n%s\nstderr:\n%s", (r).status,   \
               (want_status), (needle), (r).out, (r).err)
+
+/* The project's own migrations: a turn's passages are compressed with lz4 wherever the
+ * server has it (0005), and a large value stored there comes back whole. */
+Test(migrate, the_project_migrations_compress_passages_with_lz4)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp -p '%s/migrations/'*.sql '%s/'",
+             env_or_fail("TIERONE_SOURCE_DIR"), tmpdir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    struct migration_list l;
+    cr_assert_geq(apply_ok(&l), 5);
+    migration_list_free(&l);
+    char *lz4 = scratch_value("SELECT 'lz4' = ANY (enumvals) FROM pg_settings "
+                              "WHERE name = 'default_toast_compression'");
+    cr_assert_not_null(lz4);
+    bool has_lz4 = strcmp(lz4, "t") == 0;
+    free(lz4);
+    expect_value("SELECT attcompression FROM pg_attribute "
+                 "WHERE attrelid = 'turns'::regclass AND attname = 'passages'",
+                 has_lz4 ? "l" : "");
+    expect_value("WITH t AS (INSERT INTO turns (account_id, conversation_id, message_id, "
+                 "inbox_id, channel, content, passages) SELECT 1, 1, 1, 1, 'api', 'q', "
+                 "jsonb_agg(jsonb_build_object('id', i, 'content', repeat('passage ', 200))) "
+                 "FROM generate_series(1, 5) i RETURNING id) "
+                 "SELECT 'stored'",
+                 "stored");
+    expect_value("SELECT pg_column_compression(passages) || ' ' || "
+                 "jsonb_array_length(passages) || ' ' || length(passages->4->>'content') "
+                 "FROM turns",
+                 has_lz4 ? "lz4 5 1600" : "pglz 5 1600");
+}
 
 Test(migrate, the_tierone_binary)
 {
