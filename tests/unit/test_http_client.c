@@ -531,23 +531,10 @@ Test(http_client, a_burst_keeps_its_connections_for_the_next, .timeout = 60)
 
 Test(http_client, max_host_connections_limits_parallel_connections, .timeout = 60)
 {
-    enum { N = 20 };
     struct http_client_opts opts = {.max_host_connections = 2};
     t_start(&opts);
     fake_http_route(T.fake, "GET", "/c", h_small_delay, NULL);
-    static struct seen s[N];
-    memset(s, 0, sizeof(s));
-    for (int i = 0; i < N; i++) {
-        char *u = xasprintf("%s/c?%d", fake_http_url(T.fake), i);
-        struct http_request req = {.url = u};
-        cr_assert_eq(http_client_request(T.client, &req, on_done, &s[i], NULL), 0);
-        free(u);
-    }
-    t_run_until(N);
-    for (int i = 0; i < N; i++) {
-        cr_assert_eq(s[i].result, HTTP_OK, "#%d: %s", i, s[i].error);
-        seen_free(&s[i]);
-    }
+    wave(20);
     cr_assert_leq(fake_http_connections(T.fake), 2);
     t_finish();
 }
