@@ -129,15 +129,6 @@ int signature_parse_timestamp(const char *ts, int64_t *out)
     return 0;
 }
 
-/* The value of a hex digit, or -1. */
-static int signature_hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20; /* lower case */
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* "sha256=<64 hex>" into 32 bytes. */
 static int signature_parse(const char *sig, unsigned char out[SIGNATURE_DIGEST_LEN])
 {
@@ -146,8 +137,8 @@ static int signature_parse(const char *sig, unsigned char out[SIGNATURE_DIGEST_L
         return -1;
     const char *h = sig + plen;
     for (size_t i = 0; i < SIGNATURE_DIGEST_LEN; i++) {
-        int hi = signature_hexval((unsigned char)h[2 * i]),
-            lo = signature_hexval((unsigned char)h[2 * i + 1]);
+        int hi = OPENSSL_hexchar2int((unsigned char)h[2 * i]),
+            lo = OPENSSL_hexchar2int((unsigned char)h[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return -1;
         out[i] = (unsigned char)(hi << 4 | lo);
