@@ -24,10 +24,12 @@
 
 /* The configured secrets with a keyed HMAC context each. Owned; free with
  * signature_keys_free. */
+struct signature_mac;
+
 struct signature_keys {
     size_t n;
     char **secrets;
-    void **macs; /* each secret's HMAC key schedule (private to signature.c) */
+    struct signature_mac **macs; /* each secret's HMAC key schedule (signature.c) */
 };
 
 /* Why a delivery was refused (or SIGNATURE_OK). */
