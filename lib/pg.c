@@ -23,6 +23,19 @@ void pg_req_list_push(struct pg_req_list *l, struct pg_req *req)
     l->n++;
 }
 
+void pg_req_list_move(struct pg_req_list *dst, struct pg_req_list *src)
+{
+    if (!src->head)
+        return;
+    if (dst->tail)
+        dst->tail->next = src->head;
+    else
+        dst->head = src->head;
+    dst->tail = src->tail;
+    dst->n += src->n;
+    memset(src, 0, sizeof *src);
+}
+
 struct pg_req *pg_req_list_pop(struct pg_req_list *l)
 {
     struct pg_req *req = l->head;
@@ -111,8 +124,7 @@ static void pg_req_deliver_saved(struct pg_req *req)
 static void pg_pool_on_kick(uv_timer_t *t)
 {
     struct pg_pool *p = t->data;
-    p->delivering = p->later;
-    memset(&p->later, 0, sizeof p->later);
+    pg_req_list_move(&p->delivering, &p->later);
     struct pg_req *req;
     while ((req = pg_req_list_pop(&p->delivering)))
         pg_req_deliver_saved(req);
@@ -402,15 +414,13 @@ void pg_pool_close(struct pg_pool *p, void (*closed_cb)(void *arg), void *arg)
     uv_close((uv_handle_t *)&p->wait_timer, pg_pool_on_handle_closed);
     defer_close(&p->uncork, pg_pool_one_closed);
     /* Settle every slot first, so callbacks see a closed pool. */
-    struct pg_req_list pending = p->delivering;
-    memset(&p->delivering, 0, sizeof p->delivering);
-    struct pg_req *req;
-    while ((req = pg_req_list_pop(&p->later)))
-        pg_req_list_push(&pending, req);
+    struct pg_req_list pending = {0};
+    pg_req_list_move(&pending, &p->delivering);
+    pg_req_list_move(&pending, &p->later);
     for (unsigned i = 0; i < p->size; i++)
         pg_conn_shut(&p->conns[i], &pending);
-    while ((req = pg_req_list_pop(&p->queue)))
-        pg_req_list_push(&pending, req);
+    pg_req_list_move(&pending, &p->queue);
+    struct pg_req *req;
     while ((req = pg_req_list_pop(&pending))) {
         if (req->kind == PQ_ACQUIRE && req->err == PG_OK && req->conn) {
             req->conn->held = 0; /* a grant not yet delivered */

@@ -248,8 +248,8 @@ static void pg_conn_lost(struct pg_conn *c, enum pg_error err, const char *sqlst
 {
     char *msg = xstrndup(why, strcspn(why, "\n"));
     log_warn("postgres: connection %d lost: %s", c->index, msg);
-    struct pg_req_list wire = c->wire;
-    memset(&c->wire, 0, sizeof c->wire);
+    struct pg_req_list wire = {0};
+    pg_req_list_move(&wire, &c->wire);
     uv_timer_stop(&c->timer);
     pg_conn_backoff(c);
     struct pg_req *req;
@@ -696,9 +696,7 @@ void pg_conn_init(struct pg_conn *c, struct pg_pool *p, int index)
 
 void pg_conn_shut(struct pg_conn *c, struct pg_req_list *out)
 {
-    struct pg_req *req;
-    while ((req = pg_req_list_pop(&c->wire)))
-        pg_req_list_push(out, req);
+    pg_req_list_move(out, &c->wire);
     pg_conn_close_pg(c);
     pg_conn_enter(c, PC_CLOSED);
     uv_close((uv_handle_t *)&c->timer, pg_conn_on_timer_closed);

@@ -144,6 +144,8 @@ void pg_result_from_pq(struct pg_result *r, PGresult *res, PGconn *conn, char **
 /* ---- pg.c: requests and the pool ---- */
 
 void pg_req_list_push(struct pg_req_list *l, struct pg_req *req);
+/* Append every request of src to dst, in order; src is left empty. */
+void pg_req_list_move(struct pg_req_list *dst, struct pg_req_list *src);
 /* The oldest request of l (removed), or NULL. */
 struct pg_req *pg_req_list_pop(struct pg_req_list *l);
 
