@@ -77,9 +77,9 @@ static void redis_drop(struct redis *r, const char *why);
  * Writes are deferred, not polled for: hiredis asks for a write on every command, and a
  * connected socket almost always has room. So a command marks the connection dirty and the
  * commands of one loop iteration are written together at its end (lib/defer.h). Only a
- * write the socket cannot
- * take whole, or a connect in progress, waits for POLLOUT. That saves two epoll_ctl calls
- * and one wake-up per batch of commands, the larger part of the adapter's cost under load. */
+ * write the socket cannot take whole, or a connect in progress, waits for POLLOUT. That
+ * saves two epoll_ctl calls and one wake-up per batch of commands, the larger part of the
+ * adapter's cost under load. */
 
 struct redis_ev {
     uv_poll_t poll;

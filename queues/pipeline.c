@@ -91,8 +91,7 @@ int pipeline_init(struct pipeline *p, struct worker *w, const struct pipeline_se
                               .query_timeout_ms = 30000,
                               .application_name = "tierone-worker",
                               .no_prepare = !cfg->database_prepare,
-                              .pipeline_depth =
-                                  (unsigned)cfg->database_pipeline}; /* 0: the pool's default */
+                              .pipeline_depth = (unsigned)cfg->database_pipeline};
     p->pg = pg_pool_new(w->loop, &po, &why);
     if (!p->pg)
         goto fail;

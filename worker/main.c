@@ -9,6 +9,7 @@
 #include "linear.h"
 #include "llm.h"
 #include "log.h"
+#include "pg.h"
 #include "pipeline.h"
 
 #include <malloc.h>
@@ -25,6 +26,9 @@ struct worker_main_settings {
 
 #define S(field) offsetof(struct worker_main_settings, worker.field)
 #define P(field) offsetof(struct worker_main_settings, pipeline.field)
+/* The text of a number macro, for a default the library owns. */
+#define TEXT_OF(n)  TEXT_OF_(n)
+#define TEXT_OF_(n) #n
 
 static const char *const llm_format_names[] = {"json_schema", "json_object", "none", NULL};
 static const char *const llm_token_param_names[] = {"max_completion_tokens", "max_tokens", NULL};
@@ -186,7 +190,7 @@ static const struct config_def worker_defs[] = {
     {.key = "database_pipeline",
      .env = "TIERONE_DATABASE_PIPELINE",
      .type = CONFIG_INT,
-     .def = "16",
+     .def = TEXT_OF(PG_PIPELINE_DEPTH),
      .min = 1,
      .max = 256,
      .bounded = true,
