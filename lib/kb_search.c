@@ -16,47 +16,52 @@
  * any-word query (a tsquery's text: every lexeme of the question OR-ed; NULL when it has
  * none), $5 the negated words ("a or b"; NULL when none), $6 k, $7 and $8 the rare-word
  * and two-word queries (see KB_LOOKUP_SQL).
- * Every tsquery an index scan compares against is an expression of parameters only, so
- * with the values bound (libpq's unnamed statements are planned with them) the planner
- * folds it to a constant and estimates it from the column's statistics: bitmap scans of
- * kb_chunks_tsv. hits_and is skipped when the question has no positive word (a pure
- * negation would need a full scan). q: the any-word query, its lexemes one tsquery each (parts) and
- * the same restricted to weight A (parts_a), taken from the tsquery's text form in which every
+ * $4, $7 and $8 are only ever written $N::tsquery, so PostgreSQL types the parameters
+ * themselves tsquery: their text is parsed once, at bind, not once a row (a cast of a text
+ * parameter is evaluated per row in the generic plan a prepared statement ends up with).
+ * The negated words' query is made once too (qnot), not per row in the filters.
+ * hits_and is skipped when the question has no positive word (a pure negation would need a
+ * full scan). q: the any-word query, its lexemes one tsquery each (parts) and the same
+ * restricted to weight A (parts_a), taken from the tsquery's text form in which every
  * lexeme is a quoted token ('it''s'). Passes: hits_and (every word), then only when it
  * came back short hits_pair (two telling words), then only when both came back short
- * hits_or (a rare word). */
+ * hits_or (a rare word). hits_pair and hits_or rank by r = ts_rank_cd(any-word query) and
+ * pass r on: a chunk's density r / (r + 1) is computed from it rather than ranked again
+ * (ts_rank_cd zeroes a 32 KB block per query item on every call); only hits_and's chunks,
+ * ranked by the websearch query, are ranked by the any-word query in the final select. */
 static const char FULLTEXT_SQL[] =
     "WITH q AS MATERIALIZED ("
     " SELECT coalesce(array_agg(t.m[1]::tsquery), '{}') AS parts,"
     "  coalesce(array_agg((t.m[1] || ':A')::tsquery), '{}') AS parts_a,"
     "  $4::tsquery AS qor"
-    " FROM regexp_matches($4, '''(?:[^'']|'''')*''', 'g') AS t(m)),"
+    " FROM regexp_matches($4::tsquery::text, '''(?:[^'']|'''')*''', 'g') AS t(m)),"
+    " qnot AS MATERIALIZED (SELECT websearch_to_tsquery($2::regconfig, $5::text) AS qn),"
     " hits_and AS ("
-    " SELECT c.id FROM kb_chunks c"
-    " WHERE c.kb_id = $1::bigint AND $4::text IS NOT NULL"
-    "  AND c.tsv @@ websearch_to_tsquery($2::regconfig, $3)"
-    " ORDER BY ts_rank_cd(c.tsv, websearch_to_tsquery($2::regconfig, $3)) DESC, c.id"
+    " SELECT c.id, NULL::real AS r FROM kb_chunks c"
+    " WHERE c.kb_id = $1::bigint AND $4::tsquery IS NOT NULL"
+    "  AND c.tsv @@ websearch_to_tsquery($2::regconfig, $3::text)"
+    " ORDER BY ts_rank_cd(c.tsv, websearch_to_tsquery($2::regconfig, $3::text)) DESC, c.id"
     " LIMIT 50),"
     " hits_pair AS ("
-    " SELECT c.id FROM kb_chunks c"
+    " SELECT c.id, ts_rank_cd(c.tsv, $4::tsquery) AS r FROM kb_chunks c"
     " WHERE c.kb_id = $1::bigint AND (SELECT count(*) FROM hits_and) < $6::int"
     "  AND c.tsv @@ $8::tsquery"
-    "  AND NOT coalesce(c.tsv @@ websearch_to_tsquery($2::regconfig, $5), false)"
-    " ORDER BY ts_rank_cd(c.tsv, $4::tsquery) DESC, c.id"
+    "  AND NOT coalesce(c.tsv @@ (SELECT qn FROM qnot), false)"
+    " ORDER BY 2 DESC, c.id"
     " LIMIT 50),"
     " hits_or AS ("
-    " SELECT c.id FROM kb_chunks c"
+    " SELECT c.id, ts_rank_cd(c.tsv, $4::tsquery) AS r FROM kb_chunks c"
     " WHERE c.kb_id = $1::bigint"
     "  AND (SELECT count(*) FROM (SELECT id FROM hits_and UNION SELECT id FROM hits_pair) u)"
     "   < $6::int"
     "  AND c.tsv @@ $7::tsquery"
-    "  AND NOT coalesce(c.tsv @@ websearch_to_tsquery($2::regconfig, $5), false)"
-    " ORDER BY ts_rank_cd(c.tsv, $4::tsquery) DESC, c.id"
+    "  AND NOT coalesce(c.tsv @@ (SELECT qn FROM qnot), false)"
+    " ORDER BY 2 DESC, c.id"
     " LIMIT 50)"
     " SELECT c.id, d.source, d.title, c.heading_path, c.content,"
     "  0.6 * s.cov + 0.2 * s.head + 0.2 * s.dens AS score"
-    " FROM (SELECT id FROM hits_and UNION SELECT id FROM hits_pair"
-    "  UNION SELECT id FROM hits_or) h"
+    " FROM (SELECT id, max(r) AS r FROM (SELECT id, r FROM hits_and UNION ALL"
+    "  SELECT id, r FROM hits_pair UNION ALL SELECT id, r FROM hits_or) a GROUP BY id) h"
     " JOIN kb_chunks c ON c.id = h.id"
     " JOIN kb_documents d ON d.id = c.document_id"
     " CROSS JOIN q"
@@ -65,7 +70,8 @@ static const char FULLTEXT_SQL[] =
     "   / greatest(cardinality(q.parts), 1) AS cov,"
     "  (SELECT count(*) FROM unnest(q.parts_a) p WHERE c.tsv @@ p)::float8"
     "   / greatest(cardinality(q.parts), 1) AS head,"
-    "  coalesce(ts_rank_cd(c.tsv, q.qor, 32), 0)::float8 AS dens) s"
+    "  CASE WHEN h.r IS NOT NULL THEN h.r::float8 / (h.r::float8 + 1)"
+    "  ELSE coalesce(ts_rank_cd(c.tsv, q.qor, 32), 0)::float8 END AS dens) s"
     " ORDER BY score DESC, c.id LIMIT $6::int";
 
 /* The statement kb_search ran for every question until the lexeme statistics were cached
