@@ -48,7 +48,8 @@ struct test_stack {
     char *env[TEST_STACK_MAX_ENV];  /* the worker's environment additions */
     const char *const *worker_argv; /* opts.worker_argv */
     size_t nenv;
-    PGconn *pg; /* a blocking connection for assertions */
+    PGconn *pg;   /* a blocking connection for assertions */
+    void *poster; /* test_stack_post's curl handle (CURL *), made on the first post */
 };
 
 /* Build the stack (fakes, database, knowledge base, shim, worker). */
@@ -62,7 +63,8 @@ void test_stack_start_worker(struct test_stack *s);
 int test_stack_kill_worker(struct test_stack *s, int sig);
 
 /* POST body to the shim's path ("/webhooks/agent-bot") signed with TEST_STACK_SECRET and
- * X-Chatwoot-Delivery delivery (NULL: none). Returns the HTTP status (0: no answer). */
+ * X-Chatwoot-Delivery delivery (NULL: none), on a connection of its own, as Chatwoot sends
+ * a webhook. Returns the HTTP status (0: no answer). */
 int test_stack_post(struct test_stack *s, const char *path, const char *delivery, const char *body);
 
 /* A message_created webhook body (new string): account 1, inbox 1, conversation conv with
