@@ -8,6 +8,7 @@
 #ifndef TIERONE_TEST_STACK_H
 #define TIERONE_TEST_STACK_H
 
+#include <curl/curl.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <stddef.h>
@@ -49,7 +50,7 @@ struct test_stack {
     const char *const *worker_argv; /* opts.worker_argv */
     size_t nenv;
     PGconn *pg;   /* a blocking connection for assertions */
-    void *poster; /* test_stack_post's curl handle (CURL *), made on the first post */
+    CURL *poster; /* test_stack_post's handle, made on the first post */
 };
 
 /* Build the stack (fakes, database, knowledge base, shim, worker). */
