@@ -224,8 +224,13 @@ class TestWorkerInterop < TieroneTest::Case
     assert_recent_time(Time.at(entry["failed_at"]), "failed_at")
     assert_recent_time(entry.at, "time of death")
 
+    # Stopped while retry_all runs: a running worker could fetch the job and kill it again
+    # (a few ms) before the dead set is read back.
+    stop_clean(worker)
     dead.retry_all
     assert_equal 0, dead.size
+    assert_equal 1, llen("default"), "retry_all puts the job back on its queue"
+    worker = start_fast_worker
     entry = wait_until(20, "the job dead again after DeadSet#retry_all") do
       e = dead.find_job(jid)
       e if e && e["retried_at"]
