@@ -176,9 +176,13 @@ class TestWorkerInterop < TieroneTest::Case
     assert_operator delay, :<=, 25.1, "first retry within 25 s"
     assert_equal ["boom from interop"], entry.args
 
-    # Ruby's "Retry now": off the set, retry_count - 1, Client.push onto the queue.
+    # Ruby's "Retry now": off the set, retry_count - 1, Client.push onto the queue. The
+    # worker is stopped meanwhile, or it could fail the job again before the set is read.
+    stop_clean(worker)
     entry.retry
     assert_equal 0, retries.size
+    assert_equal 1, llen("default"), "Retry now puts the job back on its queue"
+    worker = start_fast_worker
     entry = wait_until(20, "the second failure in Sidekiq::RetrySet") do
       e = retries.find_job(jid)
       e if e && e["retried_at"]
