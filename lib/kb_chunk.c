@@ -4,6 +4,7 @@
 #include "kb_chunk.h"
 #include "buf.h"
 #include "xalloc.h"
+#include "utf8.h"
 
 #include <stdbool.h>
 #include <stdlib.h>
@@ -187,7 +188,7 @@ static size_t kb_chunk_tail(const char *prev, size_t budget, enum kb_block_kind 
     size_t len = strlen(prev);
     if (budget == 0)
         return len;
-    size_t total = kb_utf8_count(prev, len), count = 0;
+    size_t total = utf8_count(prev, len), count = 0;
     bool by_lines = kb_chunk_by_lines(kind);
     struct kb_chunk_cand pref = {0}, word = {0};
     for (size_t i = 0; i < len && !(pref.set && word.set); i++) {
@@ -263,7 +264,7 @@ static void kb_chunk_start(struct kb_chunker *ch, size_t need, const char *joint
     if (n == 0)
         return;
     buf_append(&ch->cur, ch->prev + at, n);
-    ch->cur_chars = ch->cur_overlap = kb_utf8_count(ch->prev + at, n);
+    ch->cur_chars = ch->cur_overlap = utf8_count(ch->prev + at, n);
 }
 
 static void kb_chunk_append(struct kb_chunker *ch, const char *s, size_t n, const char *sep,
@@ -271,10 +272,10 @@ static void kb_chunk_append(struct kb_chunker *ch, const char *s, size_t n, cons
 {
     if (ch->cur.len) {
         buf_puts(&ch->cur, sep);
-        ch->cur_chars += kb_utf8_count(sep, strlen(sep));
+        ch->cur_chars += utf8_count(sep, strlen(sep));
     }
     buf_append(&ch->cur, s, n);
-    ch->cur_chars += kb_utf8_count(s, n);
+    ch->cur_chars += utf8_count(s, n);
     ch->cur_kind = kind;
 }
 
@@ -284,7 +285,7 @@ static void kb_chunk_split(struct kb_chunker *ch, const struct kb_block *b)
 {
     const char *s = b->text;
     size_t len = strlen(s), pos = 0;
-    size_t rest = kb_utf8_count(s, len); /* code points in s + pos */
+    size_t rest = utf8_count(s, len); /* code points in s + pos */
     const char *joint = KB_PARA_SEP;
     while (pos < len) {
         if (rest <= ch->limit) {
@@ -310,14 +311,14 @@ static void kb_chunk_split(struct kb_chunker *ch, const struct kb_block *b)
         kb_chunk_append(ch, s + pos, cut.end, joint, b->kind);
         kb_chunk_emit(ch);
         joint = cut.sep;
-        rest -= kb_utf8_count(s + pos, cut.next);
+        rest -= utf8_count(s + pos, cut.next);
         pos += cut.next;
     }
 }
 
 static void kb_chunk_block(struct kb_chunker *ch, const struct kb_block *b)
 {
-    size_t n = kb_utf8_count(b->text, strlen(b->text));
+    size_t n = utf8_count(b->text, strlen(b->text));
     if (ch->open && ch->cur_chars + strlen(KB_PARA_SEP) + n <= ch->limit) {
         kb_chunk_append(ch, b->text, strlen(b->text), KB_PARA_SEP, b->kind);
         return;

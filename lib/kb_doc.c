@@ -4,6 +4,7 @@
 #include "digest.h"
 #include "kb_doc_internal.h"
 #include "xalloc.h"
+#include "utf8.h"
 
 #include <stdbool.h>
 #include <stdlib.h>
@@ -12,58 +13,6 @@
 
 #define KB_TITLE_MAX_CHARS 120
 #define KB_BINARY_PROBE    4096
-
-/* ---- UTF-8 ---- */
-
-int kb_utf8_check(const char *str, size_t len, size_t *bad_at)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t n;
-        unsigned cp;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            n = 1;
-            cp = c & 0x1F;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            n = 2;
-            cp = c & 0x0F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            n = 3;
-            cp = c & 0x07;
-        } else {
-            goto bad;
-        }
-        if (len - i <= n)
-            goto bad;
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                goto bad;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            goto bad;
-        i += n + 1;
-    }
-    return 0;
-bad:
-    if (bad_at)
-        *bad_at = i;
-    return -1;
-}
-
-size_t kb_utf8_count(const char *s, size_t len)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++)
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return n;
-}
 
 /* ---- formats ---- */
 
@@ -339,7 +288,7 @@ static char *kb_text_title(const char *s, size_t len)
         kb_text_collapse(&t, s + i, e - i);
         kb_text_trim(&t);
         if (t.len) {
-            if (kb_utf8_count(t.data, t.len) <= KB_TITLE_MAX_CHARS)
+            if (utf8_count(t.data, t.len) <= KB_TITLE_MAX_CHARS)
                 return buf_steal(&t);
             buf_free(&t);
             return NULL;
@@ -400,7 +349,7 @@ static int kb_doc_check(const char *bytes, size_t len, enum kb_format fmt, char 
         return -1;
     }
     size_t bad = 0;
-    if (kb_utf8_check(bytes, len, &bad) != 0) {
+    if (utf8_check(bytes, len, &bad) != 0) {
         *err = xasprintf("invalid UTF-8 at byte %zu", bad);
         return -1;
     }

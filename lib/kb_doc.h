@@ -134,11 +134,4 @@ void kb_doc_free(struct kb_doc *d);
 /* Join a section's heading path with " > " into a new heap string ("" for an empty path). */
 char *kb_section_path_join(const struct kb_section *s);
 
-/* Check that len bytes are strict UTF-8. Returns 0, or -1 with *bad_at set to the offset
- * of the first byte of the first invalid sequence. */
-int kb_utf8_check(const char *s, size_t len, size_t *bad_at);
-
-/* Number of code points in len bytes of valid UTF-8 (continuation bytes not counted). */
-size_t kb_utf8_count(const char *s, size_t len);
-
 #endif

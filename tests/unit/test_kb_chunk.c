@@ -6,6 +6,7 @@
  * checks nothing is lost or duplicated. */
 #include "kb_chunk.h"
 #include "kb_doc.h"
+#include "utf8.h"
 
 #include <criterion/criterion.h>
 #include <stdbool.h>
@@ -108,8 +109,8 @@ static void check_invariants(const struct kb_doc *d, const struct kb_chunk_list 
         cr_assert_str_eq(c->heading_path, path);
         free(path);
         cr_assert_gt(n, 0, "chunk %zu empty", i);
-        cr_assert_eq(kb_utf8_check(c->text, n, NULL), 0, "chunk %zu not UTF-8", i);
-        cr_assert_eq(c->chars, kb_utf8_count(c->text, n));
+        cr_assert_eq(utf8_check(c->text, n, NULL), 0, "chunk %zu not UTF-8", i);
+        cr_assert_eq(c->chars, utf8_count(c->text, n));
         cr_assert_leq(c->chars, limit, "chunk %zu has %zu > %zu chars:\n%s", i, c->chars, limit,
                       c->text);
         cr_assert_eq(c->tokens, (c->chars + 3) / 4);

@@ -2,6 +2,7 @@
  * heading paths and block text for Markdown (libcmark), HTML (libxml2) and plain text,
  * on small inline documents and on the support-desk fixtures in tests/fixtures/kb. */
 #include "kb_doc.h"
+#include "utf8.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -209,9 +210,9 @@ Test(kb_doc_errors, invalid_utf8_with_offset)
 Test(kb_doc, utf8_helpers)
 {
     size_t at = 99;
-    cr_assert_eq(kb_utf8_check("żółw 🐢 ok", strlen("żółw 🐢 ok"), &at), 0);
+    cr_assert_eq(utf8_check("żółw 🐢 ok", strlen("żółw 🐢 ok"), &at), 0);
     cr_assert_eq(at, 99, "untouched on success");
-    cr_assert_eq(kb_utf8_count("żółw 🐢", strlen("żółw 🐢")), 6);
+    cr_assert_eq(utf8_count("żółw 🐢", strlen("żółw 🐢")), 6);
 }
 
 /* ---- hash, source ---- */
@@ -599,7 +600,7 @@ Test(kb_fixtures, titles_and_paths)
             for (size_t k = 0; k < d.sections[s].nblocks; k++) {
                 const char *text = d.sections[s].blocks[k].text;
                 cr_assert_gt(strlen(text), 0);
-                cr_assert_eq(kb_utf8_check(text, strlen(text), NULL), 0);
+                cr_assert_eq(utf8_check(text, strlen(text), NULL), 0);
             }
         kb_doc_free(&d);
     }
