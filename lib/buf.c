@@ -7,6 +7,7 @@
 #include "xalloc.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,6 +150,31 @@ void buf_free(struct buf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+void buf_json_real(struct buf *b, double v, int digits)
+{
+    if (!isfinite(v))
+        v = 0;
+    if (digits < 1 || digits > 17)
+        digits = 17;
+    char tmp[40];
+    int n = snprintf(tmp, sizeof tmp, "%.*g", digits, v);
+    char *e = strchr(tmp, 'e');
+    if (e) { /* "1e+300" -> "1e300", "1e-07" -> "1e-7" */
+        char *from = e + 1, *to = e + 1;
+        if (*from == '-')
+            from = ++to;
+        else if (*from == '+')
+            from++;
+        while (*from == '0' && from[1])
+            from++;
+        memmove(to, from, strlen(from) + 1);
+        n = (int)strlen(tmp);
+    }
+    buf_append(b, tmp, (size_t)n);
+    if (!strpbrk(tmp, ".e"))
+        buf_append(b, ".0", 2);
 }
 
 int buf_read_file(struct buf *b, const char *path)

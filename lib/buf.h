@@ -30,6 +30,10 @@ void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 size_t buf_json_plain_words(const char *s, size_t len);
 /* Append s as a quoted JSON string (with escapes). */
 void buf_json_string(struct buf *b, const char *s, size_t len);
+/* Append v as a JSON real with `digits` significant digits (1..17), written as jansson
+ * writes one: with a ".0" when it would otherwise read back as an integer. A NaN or an
+ * infinity (which JSON cannot hold) appends 0.0. */
+void buf_json_real(struct buf *b, double v, int digits);
 /* Append the whole file at path. Returns 0, or -1 with errno set (the buffer may then hold
  * part of the file). */
 int buf_read_file(struct buf *b, const char *path);

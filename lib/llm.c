@@ -7,9 +7,11 @@
  * written into one array at (batch start + item index). */
 #include "llm.h"
 
+#include "buf.h"
 #include "clock.h"
 #include "log.h"
 #include "service.h"
+#include "utf8.h"
 #include "xalloc.h"
 
 #include <ctype.h>
@@ -362,6 +364,9 @@ static const char *llm_chat_check(const struct llm *c, const struct llm_chat_req
 {
     if (!c->model && !(req->model && *req->model))
         return "no chat model configured";
+    const char *model = req->model && *req->model ? req->model : c->model;
+    if (utf8_check(model, strlen(model), NULL) != 0)
+        return "the model name is not valid UTF-8";
     if (req->has_temperature &&
         (isnan(req->temperature) || req->temperature < 0 || req->temperature > 2.0))
         return "temperature must be between 0 and 2";
@@ -371,6 +376,8 @@ static const char *llm_chat_check(const struct llm *c, const struct llm_chat_req
         const struct llm_message *m = &req->messages[i];
         if (!m->content)
             return "a message has no content";
+        if (utf8_check(m->content, strlen(m->content), NULL) != 0)
+            return "a message is not valid UTF-8";
         int known = 0;
         for (size_t k = 0; m->role && llm_roles[k]; k++)
             known |= !strcmp(m->role, llm_roles[k]);
@@ -396,28 +403,46 @@ static json_t *llm_response_format(const struct llm *c, const struct llm_chat_re
                      "strict", 1);
 }
 
-/* The request body (new string). */
+/* The request body (new string): {model, messages, temperature?, max_tokens?,
+ * response_format?}. Written straight into a buffer rather than built as jansson objects
+ * and dumped: the messages carry the prompt and its passages (a few kB a call), and
+ * jansson's dump walks them a code point at a time (llm_chat_check made sure they are
+ * UTF-8). */
 static char *llm_chat_body(const struct llm *c, const struct llm_chat_request *req)
 {
-    json_t *msgs = json_array();
-    for (size_t i = 0; i < req->nmessages; i++)
-        json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", req->messages[i].role,
-                                              "content", req->messages[i].content));
+    struct buf b = BUF_INIT;
     const char *model = req->model && *req->model ? req->model : c->model;
-    json_t *body = json_pack("{s:s, s:o}", "model", model, "messages", msgs);
-    if (req->has_temperature)
-        json_object_set_new(body, "temperature", json_real(req->temperature));
-    else if (c->temperature >= 0)
-        json_object_set_new(body, "temperature", json_real(c->temperature));
+    buf_puts(&b, "{\"model\":");
+    buf_json_string(&b, model, strlen(model));
+    buf_puts(&b, ",\"messages\":[");
+    for (size_t i = 0; i < req->nmessages; i++) {
+        const struct llm_message *m = &req->messages[i];
+        buf_puts(&b, i ? ",{\"role\":" : "{\"role\":");
+        buf_json_string(&b, m->role, strlen(m->role));
+        buf_puts(&b, ",\"content\":");
+        buf_json_string(&b, m->content, strlen(m->content));
+        buf_puts(&b, "}");
+    }
+    buf_puts(&b, "]");
+    if (req->has_temperature || c->temperature >= 0) {
+        buf_puts(&b, ",\"temperature\":");
+        buf_json_real(&b, req->has_temperature ? req->temperature : c->temperature, 10);
+    }
     if (c->max_tokens)
-        json_object_set_new(
-            body, c->token_param == LLM_TOKENS_MAX_TOKENS ? "max_tokens" : "max_completion_tokens",
-            json_integer(c->max_tokens));
+        buf_printf(&b, ",\"%s\":%lld",
+                   c->token_param == LLM_TOKENS_MAX_TOKENS ? "max_tokens" : "max_completion_tokens",
+                   (long long)c->max_tokens);
     json_t *rf = llm_response_format(c, req);
-    if (rf)
-        json_object_set_new(body, "response_format", rf);
-    char *s = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(10));
-    json_decref(body);
+    if (rf) {
+        char *text = json_dumps(rf, JSON_COMPACT);
+        buf_puts(&b, ",\"response_format\":");
+        buf_puts(&b, text);
+        free(text);
+        json_decref(rf);
+    }
+    buf_puts(&b, "}");
+    char *s = buf_steal(&b);
+    buf_free(&b);
     return s;
 }
 

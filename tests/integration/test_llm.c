@@ -494,18 +494,56 @@ Test(llm, no_key_sends_no_authorization)
     t_finish();
 }
 
+Test(llm, message_text_arrives_byte_for_byte)
+{
+    /* Every byte JSON must escape, and multi-byte UTF-8, in each message and the model's
+     * name: the server's parse of the body gives back exactly what was asked. */
+    t_start(NULL, t_opts());
+    struct llm_message msgs[] = {
+        {"system", "quote \" backslash \\ slash / tab \t cr \r nl \n bell \x07 del \x7f"},
+        {"user", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x01\x1f end"},
+    };
+    struct llm_chat_request req = {.messages = msgs,
+                                   .nmessages = 2,
+                                   .model = "m\"odel\xc3\xa9",
+                                   .has_temperature = 1,
+                                   .temperature = 0.7};
+    struct chat_seen s;
+    chat(&req, &s);
+    cr_assert_null(s.err, "%s", s.err ? s.err->error_message : "");
+    json_t *b = req_json(0);
+    cr_assert(b, "the body is JSON");
+    cr_assert_str_eq(json_string_value(json_object_get(b, "model")), req.model);
+    json_t *got = json_object_get(b, "messages");
+    cr_assert_eq(json_array_size(got), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *m = json_array_get(got, i);
+        cr_assert_eq(json_object_size(m), 2);
+        cr_assert_str_eq(json_string_value(json_object_get(m, "role")), msgs[i].role);
+        cr_assert_str_eq(json_string_value(json_object_get(m, "content")), msgs[i].content);
+    }
+    cr_assert(json_is_real(json_object_get(b, "temperature")));
+    cr_assert_float_eq(json_real_value(json_object_get(b, "temperature")), 0.7, 1e-12);
+    json_decref(b);
+    chat_seen_free(&s);
+    t_finish();
+}
+
 Test(llm, invalid_inputs_send_nothing)
 {
     t_start(NULL, t_opts());
     struct chat_seen s = {0};
     struct llm_message badrole[] = {{"robot", "x"}};
     struct llm_message nocontent[] = {{"user", NULL}};
+    struct llm_message badutf8[] = {{"user", "caf\xc3"}}; /* a cut-off "é" */
     json_t *arr = json_array();
     struct llm_chat_request reqs[] = {
         {.messages = MSGS, .nmessages = 0},
         {.messages = NULL, .nmessages = 1},
         {.messages = badrole, .nmessages = 1},
         {.messages = nocontent, .nmessages = 1},
+        {.messages = badutf8, .nmessages = 1},
+        {.messages = MSGS, .nmessages = 2, .model = "gpt-\xff"},
         {.messages = MSGS, .nmessages = 2, .schema = arr},
         {.messages = MSGS, .nmessages = 2, .schema = T.schema, .schema_name = "bad name"},
     };

@@ -4,6 +4,8 @@
 #include "buf.h"
 
 #include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,4 +88,31 @@ Test(buf, json_string_finds_each_byte_at_every_position_of_the_wide_scan)
             buf_free(&got);
         }
     }
+}
+
+Test(buf, json_real_reads_back_as_the_same_real_through_jansson)
+{
+    const double vals[] = {0,   1,      -2, 0.1, 0.56666666666666665, 1e-7, 123456789012345678.0,
+                           0.7, 2.5e300};
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+        struct buf b = BUF_INIT;
+        buf_json_real(&b, vals[i], 17);
+        json_t *j = json_loads(b.data, JSON_DECODE_ANY, NULL);
+        cr_assert(json_is_real(j), "%s reads back as a real", b.data);
+        cr_assert_eq(json_real_value(j), vals[i], "%s", b.data);
+        /* Exactly what jansson writes for the same value. */
+        char *want = json_dumps(j, JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+        cr_assert_str_eq(b.data, want);
+        free(want);
+        json_decref(j);
+        buf_free(&b);
+    }
+    struct buf b = BUF_INIT;
+    buf_json_real(&b, 0.123456789012, 3);
+    buf_puts(&b, " ");
+    buf_json_real(&b, NAN, 17);
+    buf_puts(&b, " ");
+    buf_json_real(&b, 2, 10);
+    cr_assert_str_eq(b.data, "0.123 0.0 2.0");
+    buf_free(&b);
 }
