@@ -105,27 +105,40 @@ static int decide_category_valid(const char *c)
 
 /* ---- messages ------------------------------------------------------------------------- */
 
-static json_t *decide_prompt_passages(const json_t *passages)
+/* Append the passages as the prompt shows them: [{id, source, title, heading_path,
+ * content (cut)}], in jansson's default layout (", " and ": "). Written here rather than
+ * copied into new objects and dumped: they are most of the prompt's bytes. */
+static void decide_prompt_passages(struct buf *b, const json_t *passages)
 {
-    json_t *out = json_array();
+    buf_puts(b, "[");
     size_t i;
     const json_t *p;
     json_array_foreach(passages, i, p)
     {
-        const char *content = json_string_value(json_object_get(p, "content"));
-        char *cut = decide_cut(content ? content : "", DECIDE_PASSAGE_MAX);
-        json_t *o = json_object();
-        json_object_set(o, "id", json_object_get(p, "id"));
+        buf_puts(b, i ? ", {" : "{");
+        const json_t *id = json_object_get(p, "id");
+        if (json_is_integer(id)) {
+            buf_printf(b, "\"id\": %lld, ", (long long)json_integer_value(id));
+        } else if (id) {
+            char *text = json_dumps(id, JSON_ENCODE_ANY);
+            buf_printf(b, "\"id\": %s, ", text ? text : "null");
+            free(text);
+        }
         const char *keys[] = {"source", "title", "heading_path"};
         for (size_t k = 0; k < 3; k++) {
             const char *v = json_string_value(json_object_get(p, keys[k]));
-            json_object_set_new(o, keys[k], json_string(v ? v : ""));
+            buf_printf(b, "\"%s\": ", keys[k]);
+            buf_json_string(b, v ? v : "", v ? json_string_length(json_object_get(p, keys[k])) : 0);
+            buf_puts(b, ", ");
         }
-        json_object_set_new(o, "content", json_string(cut));
+        const char *content = json_string_value(json_object_get(p, "content"));
+        char *cut = decide_cut(content ? content : "", DECIDE_PASSAGE_MAX);
+        buf_puts(b, "\"content\": ");
+        buf_json_string(b, cut, strlen(cut));
         free(cut);
-        json_array_append_new(out, o);
+        buf_puts(b, "}");
     }
-    return out;
+    buf_puts(b, "]");
 }
 
 static json_t *decide_prompt_contact(const json_t *contact)
@@ -148,20 +161,26 @@ void decide_prompt_messages(const struct decide_input *in, struct decide_message
     buf_puts(&sys, decide_rules);
     out->system = buf_steal(&sys);
 
-    char *question = decide_cut(in->question ? in->question : "", DECIDE_QUESTION_MAX);
-    json_t *doc = json_object();
-    json_object_set_new(doc, "contact", decide_prompt_contact(in->contact));
-    json_object_set_new(doc, "conversation",
-                        json_is_array(in->history) ? json_deep_copy(in->history) : json_array());
-    json_object_set_new(doc, "passages", decide_prompt_passages(in->passages));
-    json_object_set_new(doc, "question", json_string(question));
-    free(question);
-    char *text = json_dumps(doc, JSON_PRESERVE_ORDER);
-    json_decref(doc);
+    /* One JSON document: {contact, conversation, passages, question}. */
     struct buf user = BUF_INIT;
     buf_puts(&user, decide_user_intro);
+    json_t *contact = decide_prompt_contact(in->contact);
+    char *text = json_dumps(contact, JSON_PRESERVE_ORDER);
+    buf_puts(&user, "{\"contact\": ");
     buf_puts(&user, text);
     free(text);
+    json_decref(contact);
+    text = json_is_array(in->history) ? json_dumps(in->history, JSON_PRESERVE_ORDER) : NULL;
+    buf_puts(&user, ", \"conversation\": ");
+    buf_puts(&user, text ? text : "[]");
+    free(text);
+    buf_puts(&user, ", \"passages\": ");
+    decide_prompt_passages(&user, in->passages);
+    char *question = decide_cut(in->question ? in->question : "", DECIDE_QUESTION_MAX);
+    buf_puts(&user, ", \"question\": ");
+    buf_json_string(&user, question, strlen(question));
+    free(question);
+    buf_puts(&user, "}");
     out->user = buf_steal(&user);
 
     out->msg[0] = (struct llm_message){"system", out->system};

@@ -100,6 +100,57 @@ Test(decide_prompt, messages_carry_data_as_json)
     json_decref(hist);
 }
 
+Test(decide_prompt, document_is_exactly_the_data_it_was_given)
+{
+    /* The whole document, parsed back, against the one expected: every field, escapes and
+     * non-ASCII kept, a passage without a title or id, a long passage cut, no score. */
+    char *long_text = malloc(5000);
+    memset(long_text, 'w', 4999);
+    for (size_t i = 7; i < 4999; i += 8)
+        long_text[i] = ' ';
+    long_text[4999] = '\0';
+    json_t *ps =
+        json_pack("[{s:I, s:f, s:s, s:s, s:s, s:s}, {s:s, s:s}, {s:I, s:s}]", "id", (json_int_t)7,
+                  "score", 0.5, "source", "docs/\"q\".md", "title", "Caf\xc3\xa9 \xe2\x82\xac",
+                  "heading_path", "A > B\\C", "content", "line\none\ttab \x01 ctrl", "source",
+                  "x.md", "content", "no id", "id", (json_int_t)9, "content", long_text);
+    json_t *contact = load("{\"additional_attributes\": {\"k\": \"v\\\"\"}}");
+    json_t *hist = json_array();
+    decide_prompt_history_add(hist, "customer", "earlier \"words\"");
+    struct decide_input in = {NULL, ps, contact, hist, "Why?\n\xf0\x9f\x98\x80"};
+    struct decide_messages m;
+    decide_prompt_messages(&in, &m);
+    json_t *got = load(strchr(m.msg[1].content, '{'));
+    json_t *want =
+        json_pack("{s:{s:{s:s}, s:{}}, s:O, s:[{s:I, s:s, s:s, s:s, s:s}, {s:s, s:s, s:s, s:s},"
+                  " {s:I, s:s, s:s, s:s, s:s}], s:s}",
+                  "contact", "additional_attributes", "k", "v\"", "custom_attributes",
+                  "conversation", hist, "passages", "id", (json_int_t)7, "source", "docs/\"q\".md",
+                  "title", "Caf\xc3\xa9 \xe2\x82\xac", "heading_path", "A > B\\C", "content",
+                  "line\none\ttab \x01 ctrl", "source", "x.md", "title", "", "heading_path", "",
+                  "content", "no id", "id", (json_int_t)9, "source", "", "title", "",
+                  "heading_path", "", "content", "", "question", "Why?\n\xf0\x9f\x98\x80");
+    cr_assert_not_null(want);
+    /* The cut passage: shorter, ends with the ellipsis; put it in `want` as it came. */
+    const char *cut = json_string_value(
+        json_object_get(json_array_get(json_object_get(got, "passages"), 2), "content"));
+    cr_assert(cut && strlen(cut) < 4999 && strstr(cut, "…") == cut + strlen(cut) - 3, "%s", cut);
+    cr_assert(strncmp(cut, long_text, strlen(cut) - 3) == 0);
+    json_object_set_new(json_array_get(json_object_get(want, "passages"), 2), "content",
+                        json_string(cut));
+    char *g = json_dumps(got, JSON_SORT_KEYS), *w = json_dumps(want, JSON_SORT_KEYS);
+    cr_assert(json_equal(got, want), "got  %s\nwant %s", g, w);
+    free(g);
+    free(w);
+    json_decref(got);
+    json_decref(want);
+    decide_messages_free(&m);
+    json_decref(ps);
+    json_decref(contact);
+    json_decref(hist);
+    free(long_text);
+}
+
 Test(decide_prompt, inbox_prompt_replaces_persona_but_keeps_rules)
 {
     struct decide_input in = {"You are Acme's helper. Be cheerful.", NULL, NULL, NULL, "hi"};
