@@ -2,12 +2,14 @@
  * customer, once, and only while the bot may still speak (DESIGN.md §2, issue 6).
  *
  * States, one callback each:
- *   LOAD      turn_load. A finished turn: done (a re-run after the end). The decision must
- *             say "answer" (else a permanent ArgumentError), except a decision the reply
- *             cap rewrote (by "reply_cap"), which re-enqueues Escalate (CAPPED).
- *   LEDGER    the conversations row and the conversation's replies of the last hour (one
- *             statement): a status the inbox does not serve, or human_active, drops the
- *             turn ("dropped", reason). No row: nothing known, carry on.
+ *   LOAD      the turn, with its conversation's ledger (one statement). A finished turn:
+ *             done (a re-run after the end). The decision must say "answer" (else a
+ *             permanent ArgumentError), except a decision the reply cap rewrote (by
+ *             "reply_cap"), which re-enqueues Escalate (CAPPED).
+ *   LEDGER    read from the same result: the conversations row and the conversation's
+ *             replies of the last hour. A status the inbox does not serve, or
+ *             human_active, drops the turn ("dropped", reason). No row: nothing known,
+ *             carry on.
  *             A turn that is no longer the newest of its conversation is "superseded"
  *             (the newer turn's question reads this message too).
  *   FRESH     (live inbox with Chatwoot) GET the conversation: an unserved status, or
@@ -37,21 +39,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The conversation's ledger row (NULLs when there is none) and its replies of the last hour
- * (effects 'reply' pending, sent or shadow, of its other turns), in one round trip. The
- * hour is written `created_at + interval > now()` so that no plan can walk the effects of
- * the last hour by the effects_created index: the statistics of a database in service say
- * few effects are that recent, but during a burst there are thousands, and each reply
- * counted all of them (2 ms a reply at 2,000). Only the conversation's own turns are read,
- * through the turns key and effects (turn_id, kind). */
-static const char REPLY_LEDGER_SQL[] =
-    "SELECT c.status, c.human_active,"
-    " (SELECT count(*) FROM effects e JOIN turns t ON t.id = e.turn_id"
-    "   WHERE t.account_id = $1 AND t.conversation_id = $2 AND e.turn_id <> $3"
-    "   AND e.kind = 'reply' AND e.state IN ('pending', 'sent', 'shadow')"
-    "   AND e.created_at + interval '1 hour' > now())"
-    " FROM (SELECT 1) AS one LEFT JOIN conversations c"
-    " ON c.account_id = $1 AND c.conversation_id = $2";
+/* The turn (turn.h's columns) with its conversation's ledger row (NULLs when there is none)
+ * and the conversation's replies of the last hour (effects 'reply' pending, sent or shadow,
+ * of its other turns), in one round trip. The hour is written `created_at + interval >
+ * now()` so that no plan can walk the effects of the last hour by the effects_created
+ * index: the statistics of a database in service say few effects are that recent, but
+ * during a burst there are thousands, and each reply counted all of them (2 ms a reply at
+ * 2,000). Only the conversation's own turns are read, through the turns key and effects
+ * (turn_id, kind). */
+static const char REPLY_LOAD_SQL[] = "SELECT" TURN_COLUMNS(
+    "NULL") ", c.status, c.human_active,"
+            " (SELECT count(*) FROM effects e JOIN turns o ON o.id = e.turn_id"
+            "   WHERE o.account_id = t.account_id AND o.conversation_id = t.conversation_id"
+            "   AND e.turn_id <> t.id AND e.kind = 'reply' AND e.state IN ('pending', 'sent', "
+            "'shadow')"
+            "   AND e.created_at + interval '1 hour' > now())"
+            " FROM turns t LEFT JOIN conversations c"
+            " ON c.account_id = t.account_id AND c.conversation_id = t.conversation_id"
+            " WHERE t.id = $1";
 
 static const char REPLY_CAP_DECISION_SQL[] =
     "UPDATE turns SET decision = coalesce(decision, '{}'::jsonb)"
@@ -65,8 +70,9 @@ struct reply {
     struct turn *t;
     const struct inbox_settings *inbox;
     int shadow;
-    char key[96];             /* "<account>:<conversation>:<message>" */
-    char ids[3][32];          /* account, conversation, turn id as SQL parameters */
+    char key[96]; /* "<account>:<conversation>:<message>" */
+    long long id;
+    char idtext[32];          /* the turn id as an SQL parameter */
     char reason[96];          /* the cap's reason */
     long long recent_replies; /* the conversation's replies of the last hour (LEDGER) */
 };
@@ -165,7 +171,7 @@ static void reply_cap(struct reply *r)
         return;
     }
     snprintf(r->reason, sizeof r->reason, "reply cap reached (%lld in the last hour)", n);
-    const char *params[] = {r->ids[2], r->reason};
+    const char *params[] = {r->idtext, r->reason};
     if (pg_query(r->p->pg, REPLY_CAP_DECISION_SQL, 2, params, reply_on_cap_decision, r) != 0)
         reply_done(r, pg_pool_closing_error("rewrite decision"));
 }
@@ -207,18 +213,13 @@ static void reply_fresh(struct reply *r)
 
 /* ---- LEDGER ---------------------------------------------------------------------------- */
 
-static void reply_on_ledger(const struct pg_result *res, void *arg)
+/* The ledger columns of the LOAD statement's result. */
+static void reply_ledger(struct reply *r, const struct pg_result *res)
 {
-    struct reply *r = arg;
-    struct job_error *err = pg_result_job_error(res, "read conversation");
-    if (err) {
-        reply_done(r, err);
-        return;
-    }
     char reason[128];
-    const char *status = pg_result_value(res, 0, 0); /* NULL: no ledger row yet */
-    const char *human = pg_result_value(res, 0, 1);
-    const char *replies = pg_result_value(res, 0, 2);
+    const char *status = pg_result_value(res, 0, TURN_NCOLUMNS); /* NULL: no ledger row yet */
+    const char *human = pg_result_value(res, 0, TURN_NCOLUMNS + 1);
+    const char *replies = pg_result_value(res, 0, TURN_NCOLUMNS + 2);
     r->recent_replies = replies ? strtoll(replies, NULL, 10) : 0;
     if (human && strcmp(human, "t") == 0) {
         reply_finish_turn(r, "dropped", "a human took over");
@@ -239,9 +240,11 @@ static void reply_on_ledger(const struct pg_result *res, void *arg)
 
 /* ---- LOAD ------------------------------------------------------------------------------ */
 
-static void reply_on_turn(struct job_error *err, struct turn *t, void *arg)
+static void reply_on_load(const struct pg_result *res, void *arg)
 {
     struct reply *r = arg;
+    struct job_error *err;
+    struct turn *t = turn_from_result(res, r->id, &err);
     if (err) {
         reply_done(r, err);
         return;
@@ -252,8 +255,6 @@ static void reply_on_turn(struct job_error *err, struct turn *t, void *arg)
         return;
     }
     turn_key(t, r->key, sizeof r->key);
-    snprintf(r->ids[0], sizeof r->ids[0], "%lld", t->account);
-    snprintf(r->ids[1], sizeof r->ids[1], "%lld", t->conversation);
     r->inbox = inbox_config_get(r->p->inboxes, t->inbox);
     r->shadow = pipeline_shadow(r->p, r->inbox);
     const char *action = json_string_value(json_object_get(t->decision, "action"));
@@ -269,9 +270,7 @@ static void reply_on_turn(struct job_error *err, struct turn *t, void *arg)
                                     action ? action : "missing"));
         return;
     }
-    const char *params[] = {r->ids[0], r->ids[1], r->ids[2]};
-    if (pg_query(r->p->pg, REPLY_LEDGER_SQL, 3, params, reply_on_ledger, r) != 0)
-        reply_done(r, pg_pool_closing_error("read conversation"));
+    reply_ledger(r, res);
 }
 
 static void reply_perform(struct job_ctx *ctx)
@@ -283,9 +282,11 @@ static void reply_perform(struct job_ctx *ctx)
     r->ctx = ctx;
     r->p = pipeline_of(ctx);
     r->jid = job_ctx_job(ctx)->jid;
-    snprintf(r->ids[2], sizeof r->ids[2], "%lld", id);
+    r->id = id;
+    snprintf(r->idtext, sizeof r->idtext, "%lld", id);
     job_ctx_set_state(ctx, r);
-    if (turn_load(r->p->pg, id, TURN_BASE, reply_on_turn, r) != 0)
+    const char *params[] = {r->idtext};
+    if (pg_query(r->p->pg, REPLY_LOAD_SQL, 1, params, reply_on_load, r) != 0)
         reply_done(r, pg_pool_closing_error("load turn"));
 }
 

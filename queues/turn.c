@@ -12,16 +12,10 @@
 /* The same statement with and without the passages (column 10): they are the bulk of a
  * turn (a few KB of passage text), and only Decide reads them, so the other steps neither
  * have the server write them out nor parse them. */
-#define TURN_LOAD_SQL(passages)                                                                    \
-    "SELECT t.id, t.account_id, t.conversation_id, t.message_id, t.inbox_id, t.channel,"           \
-    " t.contact::text, t.content, t.state, t.question, " passages ", t.decision::text,"            \
-    " t.outcome_reason, extract(epoch FROM t.received_at)::float8,"                                \
-    " (SELECT max(n.message_id) FROM turns n"                                                      \
-    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"              \
-    " FROM turns t WHERE t.id = $1"
-
-static const char TURN_LOAD_BASE_SQL[] = TURN_LOAD_SQL("NULL");
-static const char TURN_LOAD_PASSAGES_SQL[] = TURN_LOAD_SQL("t.passages::text");
+static const char TURN_LOAD_BASE_SQL[] =
+    "SELECT " TURN_COLUMNS("NULL") " FROM turns t WHERE t.id = $1";
+static const char TURN_LOAD_PASSAGES_SQL[] =
+    "SELECT " TURN_COLUMNS("t.passages::text") " FROM turns t WHERE t.id = $1";
 
 static const char TURN_FINISH_SQL[] = "UPDATE turns SET state = $2, outcome_reason = $3,"
                                       " finished_at = now() WHERE id = $1 AND state = 'open'";
@@ -44,35 +38,43 @@ static long long turn_ll(const struct pg_result *r, int col)
     return v ? strtoll(v, NULL, 10) : 0;
 }
 
+struct turn *turn_from_result(const struct pg_result *r, long long id, struct job_error **err)
+{
+    *err = pg_result_job_error(r, "load turn");
+    if (*err)
+        return NULL;
+    if (pg_result_nrows(r) == 0) {
+        *err =
+            job_error_new(JOB_ERR_PERMANENT, "Tierone::TurnNotFound", "no turn with id %lld", id);
+        return NULL;
+    }
+    struct turn *t = xcalloc(1, sizeof *t);
+    t->id = turn_ll(r, 0);
+    t->account = turn_ll(r, 1);
+    t->conversation = turn_ll(r, 2);
+    t->message = turn_ll(r, 3);
+    t->inbox = turn_ll(r, 4);
+    t->channel = xstrdup(pg_result_value(r, 0, 5));
+    t->contact = turn_json(pg_result_value(r, 0, 6));
+    if (!t->contact)
+        t->contact = json_object();
+    t->content = xstrdup(pg_result_value(r, 0, 7));
+    t->state = xstrdup(pg_result_value(r, 0, 8));
+    t->question = xstrdup(pg_result_value(r, 0, 9));
+    t->passages = turn_json(pg_result_value(r, 0, 10));
+    t->decision = turn_json(pg_result_value(r, 0, 11));
+    t->outcome_reason = xstrdup(pg_result_value(r, 0, 12));
+    const char *at = pg_result_value(r, 0, 13);
+    t->received_at = at ? strtod(at, NULL) : 0;
+    t->newest_message = turn_ll(r, 14);
+    return t;
+}
+
 static void turn_on_load(const struct pg_result *r, void *arg)
 {
     struct turn_call *call = arg;
-    struct job_error *err = pg_result_job_error(r, "load turn");
-    struct turn *t = NULL;
-    if (!err && pg_result_nrows(r) == 0)
-        err = job_error_new(JOB_ERR_PERMANENT, "Tierone::TurnNotFound", "no turn with id %lld",
-                            call->id);
-    if (!err) {
-        t = xcalloc(1, sizeof *t);
-        t->id = turn_ll(r, 0);
-        t->account = turn_ll(r, 1);
-        t->conversation = turn_ll(r, 2);
-        t->message = turn_ll(r, 3);
-        t->inbox = turn_ll(r, 4);
-        t->channel = xstrdup(pg_result_value(r, 0, 5));
-        t->contact = turn_json(pg_result_value(r, 0, 6));
-        if (!t->contact)
-            t->contact = json_object();
-        t->content = xstrdup(pg_result_value(r, 0, 7));
-        t->state = xstrdup(pg_result_value(r, 0, 8));
-        t->question = xstrdup(pg_result_value(r, 0, 9));
-        t->passages = turn_json(pg_result_value(r, 0, 10));
-        t->decision = turn_json(pg_result_value(r, 0, 11));
-        t->outcome_reason = xstrdup(pg_result_value(r, 0, 12));
-        const char *at = pg_result_value(r, 0, 13);
-        t->received_at = at ? strtod(at, NULL) : 0;
-        t->newest_message = turn_ll(r, 14);
-    }
+    struct job_error *err;
+    struct turn *t = turn_from_result(r, call->id, &err);
     call->cb(err, t, call->arg);
     free(call);
 }

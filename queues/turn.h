@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 struct pg_pool;
+struct pg_result;
 
 /* One turn. Owned by whoever got it from turn_load (turn_free). */
 struct turn {
@@ -42,6 +43,22 @@ enum turn_columns {
     TURN_BASE,          /* passages stays NULL */
     TURN_WITH_PASSAGES, /* also the passages (only Decide needs them) */
 };
+
+/* The columns turn_from_result reads, over `turns t`, passages being "t.passages::text"
+ * or "NULL". A step that needs more than the turn in the same round trip selects these
+ * first and its own columns after them, from column TURN_NCOLUMNS on. */
+#define TURN_COLUMNS(passages)                                                                     \
+    " t.id, t.account_id, t.conversation_id, t.message_id, t.inbox_id, t.channel,"                 \
+    " t.contact::text, t.content, t.state, t.question, " passages ", t.decision::text,"            \
+    " t.outcome_reason, extract(epoch FROM t.received_at)::float8,"                                \
+    " (SELECT max(n.message_id) FROM turns n"                                                      \
+    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"
+#define TURN_NCOLUMNS 15
+
+/* The turn in row 0 of r, the result of a statement selecting TURN_COLUMNS first (the
+ * caller owns it), or NULL with *err set: r's error, or for no row a permanent
+ * Tierone::TurnNotFound naming id. */
+struct turn *turn_from_result(const struct pg_result *r, long long id, struct job_error **err);
 
 /* Load turn id with newest_message (one statement). A missing turn is a permanent
  * Tierone::TurnNotFound error. Returns 0 or -1. */
