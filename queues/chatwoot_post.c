@@ -1,7 +1,8 @@
 /* chatwoot_post: one turn message to Chatwoot, at most once (see chatwoot_post.h).
  *
  * States: CLAIM (effect_claim) -> [LIST (look for the marker, page by page)] -> [CREATE
- * (post)] -> COMPLETE (effect_complete) -> the caller's callback. */
+ * (post)] -> COMPLETE (effect_complete, ending the turn too with m->finish_turn) -> the
+ * caller's callback. */
 #include "chatwoot_post.h"
 #include "chatwoot.h"
 #include "effect.h"
@@ -22,6 +23,7 @@ struct post {
     struct pipeline *p;
     long long turn_id, account, conversation, after;
     char *kind, *content, *marker_key, *marker_value, *jid, *klass;
+    char *finish_turn; /* NULL or the turn's end state (chatwoot_post.h) */
     int private_note;
     int pages;
     enum chatwoot_post_outcome outcome;
@@ -40,6 +42,7 @@ static void post_free(struct post *s)
     free(s->marker_value);
     free(s->jid);
     free(s->klass);
+    free(s->finish_turn);
     free(s);
 }
 
@@ -74,7 +77,8 @@ static void post_on_completed(struct job_error *err, void *arg)
 /* Record the outcome on the effect (result: what the step knows of the message). */
 static void post_complete(struct post *s, json_t *result)
 {
-    if (effect_complete(s->p->pg, s->turn_id, s->kind, result, post_on_completed, s) != 0)
+    if (effect_complete(s->p->pg, s->turn_id, s->kind, result, s->finish_turn, NULL,
+                        post_on_completed, s) != 0)
         post_finish(s, pg_pool_closing_error("complete effect"));
     json_decref(result);
 }
@@ -235,6 +239,7 @@ int chatwoot_post_send(struct pipeline *p, const struct chatwoot_post *m, chatwo
     s->marker_value = xstrdup(m->marker_value);
     s->jid = m->jid ? xstrdup(m->jid) : NULL;
     s->klass = m->klass ? xstrdup(m->klass) : NULL;
+    s->finish_turn = m->finish_turn ? xstrdup(m->finish_turn) : NULL;
     s->private_note = m->private_note;
     s->cb = cb;
     s->arg = arg;

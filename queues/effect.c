@@ -2,6 +2,7 @@
  * (attempts + 1) locks the row, so concurrent claims of one effect serialise, and
  * (xmax = 0) tells a fresh insert from an existing row. */
 #include "effect.h"
+#include "turn.h"
 
 #include "log.h"
 #include "pg.h"
@@ -23,10 +24,15 @@ static const char EFFECT_CLAIM_SQL[] =
     " claimed_at = now() AS mine,"
     " extract(epoch FROM claimed_at + make_interval(secs => $5::int))::float8";
 
-static const char EFFECT_COMPLETE_SQL[] =
-    "UPDATE effects SET state = CASE WHEN state = 'shadow' THEN 'shadow' ELSE 'sent' END,"
-    " result = $3::jsonb, done_at = now()"
-    " WHERE turn_id = $1 AND kind = $2 AND state IN ('pending', 'shadow')";
+#define EFFECT_COMPLETE_UPDATE                                                                     \
+    "UPDATE effects SET state = CASE WHEN state = 'shadow' THEN 'shadow' ELSE 'sent' END,"         \
+    " result = $3::jsonb, done_at = now()"                                                         \
+    " WHERE turn_id = $1 AND kind = $2 AND state IN ('pending', 'shadow')"
+static const char EFFECT_COMPLETE_SQL[] = EFFECT_COMPLETE_UPDATE;
+/* The same, and the turn ended ($4 state, $5 reason) in the same transaction: the UPDATE in
+ * the WITH runs whether or not the outer one finds the turn still open. */
+static const char EFFECT_COMPLETE_FINISH_SQL[] =
+    "WITH e AS (" EFFECT_COMPLETE_UPDATE ") " TURN_FINISH_UPDATE("$1", "$4", "$5");
 
 struct effect_call {
     effect_claim_cb claim_cb;
@@ -138,17 +144,20 @@ static void effect_on_complete(const struct pg_result *r, void *arg)
 }
 
 int effect_complete(struct pg_pool *pg, long long turn_id, const char *kind, const json_t *result,
-                    effect_done_cb cb, void *arg)
+                    const char *finish_state, const char *finish_reason, effect_done_cb cb,
+                    void *arg)
 {
     char idtext[32];
     snprintf(idtext, sizeof idtext, "%lld", turn_id);
     char *json = result ? json_dumps(result, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    const char *params[] = {idtext, kind, json};
+    const char *params[] = {idtext, kind, json, finish_state, finish_reason};
     struct effect_call *call = xcalloc(1, sizeof *call);
     call->done_cb = cb;
     call->arg = arg;
     call->turn_id = turn_id;
-    int rc = pg_query(pg, EFFECT_COMPLETE_SQL, 3, params, effect_on_complete, call);
+    int rc = finish_state
+                 ? pg_query(pg, EFFECT_COMPLETE_FINISH_SQL, 5, params, effect_on_complete, call)
+                 : pg_query(pg, EFFECT_COMPLETE_SQL, 3, params, effect_on_complete, call);
     free(json);
     if (rc != 0)
         free(call);

@@ -53,10 +53,14 @@ int effect_claim(struct pg_pool *pg, long long turn_id, const char *kind, const 
                  int shadow, effect_claim_cb cb, void *arg);
 
 /* Mark (turn_id, kind) sent with result (borrowed; may be NULL); on a shadow row, store the
- * result and keep the state (what the step would have got back). Idempotent. Returns 0 or
+ * result and keep the state (what the step would have got back). Idempotent. With
+ * finish_state (else NULL), the same statement also ends the turn as turn_finish does
+ * (state, finish_reason which may be NULL; only if the turn is still open): the step's
+ * last effect and the end of its turn commit together, in one round trip. Returns 0 or
  * -1. */
 int effect_complete(struct pg_pool *pg, long long turn_id, const char *kind, const json_t *result,
-                    effect_done_cb cb, void *arg);
+                    const char *finish_state, const char *finish_reason, effect_done_cb cb,
+                    void *arg);
 
 /* The job error for an EFFECT_BUSY claim: JOB_ERR_RESCHEDULE at c->busy_until (not a
  * failure; no retry is used up). New; the caller passes it to job_done. */

@@ -104,8 +104,8 @@ static void escalate_on_sent(struct job_error *err, json_t *result, void *arg)
         return;
     }
     json_t *rec = json_pack("{s:O?}", "response", result);
-    int rc =
-        effect_complete(e->p->pg, e->t->id, escalate_kinds[e->step], rec, escalate_on_completed, e);
+    int rc = effect_complete(e->p->pg, e->t->id, escalate_kinds[e->step], rec, NULL, NULL,
+                             escalate_on_completed, e);
     json_decref(rec);
     if (rc != 0)
         escalate_done(e, pg_pool_closing_error("complete effect"));

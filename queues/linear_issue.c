@@ -187,7 +187,7 @@ static void linear_job_on_attachment_completed(struct job_error *err, void *arg)
 
 static void linear_job_attachment_complete(struct linear_job *l, json_t *result)
 {
-    int rc = effect_complete(l->p->pg, l->t->id, "linear_attachment", result,
+    int rc = effect_complete(l->p->pg, l->t->id, "linear_attachment", result, NULL, NULL,
                              linear_job_on_attachment_completed, l);
     json_decref(result);
     if (rc != 0)
@@ -255,7 +255,7 @@ static void linear_job_on_issue_completed(struct job_error *err, void *arg)
 
 static void linear_job_issue_complete(struct linear_job *l, json_t *result)
 {
-    int rc = effect_complete(l->p->pg, l->t->id, "linear_issue", result,
+    int rc = effect_complete(l->p->pg, l->t->id, "linear_issue", result, NULL, NULL,
                              linear_job_on_issue_completed, l);
     json_decref(result);
     if (rc != 0)

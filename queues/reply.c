@@ -20,7 +20,9 @@
  *   POST      chatwoot_post.h: effect "reply" with the marker
  *             content_attributes.tierone_turn = "<account>:<conversation>:<message>", with
  *             the bot token; a retry after an unknown outcome looks for the marker first.
- *   FINISH    turn_finish("answered"), then job_done.
+ *   FINISH    the turn "answered": in the statement that completes the reply effect
+ *             (chatwoot_post.h's finish_turn), or turn_finish when the effect was complete
+ *             already or is a shadow; then job_done.
  *
  * Idempotent: the effect row says whether the answer went out (SENT: skip), and the marker
  * finds a post whose outcome was lost (PENDING). The checks before the post run again on a
@@ -112,7 +114,10 @@ static void reply_on_posted(struct job_error *err, enum chatwoot_post_outcome ou
     }
     log_job(LOG_INFO, r->jid, PIPELINE_REPLY, "turn %lld answered (%s, message %lld)", r->t->id,
             chatwoot_post_outcome_name(outcome), message_id);
-    reply_finish_turn(r, "answered", NULL);
+    if (outcome == CHATWOOT_POST_DONE || outcome == CHATWOOT_POST_SHADOW)
+        reply_finish_turn(r, "answered", NULL); /* nothing completed the effect just now */
+    else
+        reply_done(r, NULL); /* the effect's completion ended the turn */
 }
 
 static void reply_post(struct reply *r)
@@ -129,6 +134,7 @@ static void reply_post(struct reply *r)
         .marker_key = "tierone_turn",
         .marker_value = r->key,
         .shadow = r->shadow,
+        .finish_turn = "answered",
         .jid = r->jid,
         .klass = PIPELINE_REPLY,
     };

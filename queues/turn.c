@@ -17,8 +17,7 @@ static const char TURN_LOAD_BASE_SQL[] =
 static const char TURN_LOAD_PASSAGES_SQL[] =
     "SELECT " TURN_COLUMNS("t.passages::text") " FROM turns t WHERE t.id = $1";
 
-static const char TURN_FINISH_SQL[] = "UPDATE turns SET state = $2, outcome_reason = $3,"
-                                      " finished_at = now() WHERE id = $1 AND state = 'open'";
+static const char TURN_FINISH_SQL[] = TURN_FINISH_UPDATE("$1", "$2", "$3");
 
 struct turn_call {
     turn_cb cb;

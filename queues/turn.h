@@ -70,6 +70,12 @@ int turn_is_newest(const struct turn *t);
 /* 1 when t has ended (state other than open). */
 int turn_is_finished(const struct turn *t);
 
+/* The statement turn_finish runs, over its parameters' numbers ("$1"...): a step that ends
+ * the turn together with a write of its own puts it in the same statement. */
+#define TURN_FINISH_UPDATE(id, state, reason)                                                      \
+    "UPDATE turns SET state = " state ", outcome_reason = " reason ", finished_at = now()"         \
+    " WHERE id = " id " AND state = 'open'"
+
 /* End turn id with state ("answered", "escalated", "superseded", "dropped") and a reason
  * (may be NULL), only if it is still open (a finished turn keeps its first ending).
  * Returns 0 or -1. */

@@ -420,6 +420,29 @@ Test(action_steps, pending_reply_without_user_token_does_not_repost)
     h_free(&h);
 }
 
+/* The reply went out and its effect says so, but the turn is still open (a worker before
+ * the completion and the turn's end shared one statement crashed between the two): the
+ * re-run posts nothing and ends the turn itself. */
+Test(action_steps, sent_reply_of_an_open_turn_ends_the_turn_without_posting)
+{
+    struct h h;
+    h_init(&h, NULL);
+    long msg = seed_conversation(&h, 10, "pending", "pending", 0, "Still there?");
+    long long turn = seed_turn(&h, 10, msg, "Still there?", ANSWER_DECISION);
+    free(sqlv(&h,
+              "INSERT INTO effects (turn_id, kind, state, result, done_at) VALUES (%lld, "
+              "'reply', 'sent', '{\"message_id\": 777}', now()) RETURNING 1",
+              turn));
+    h_start(&h);
+    push(&h, PIPELINE_REPLY, "actions", turn);
+    cr_assert(wait_sql(&h, "answered", "SELECT state FROM turns WHERE id = %lld", turn));
+    cr_assert(wait_idle(&h, 1));
+    h_stop(&h);
+    cr_assert_eq(count_outgoing(&h, 10), 0, "nothing posted again");
+    cr_assert_eq(sql_int(&h, "SELECT attempts FROM effects WHERE turn_id = %lld", turn), 2);
+    h_free(&h);
+}
+
 Test(action_steps, resolved_meanwhile_or_taken_over_drops_the_turn)
 {
     struct h h;
