@@ -2,10 +2,11 @@
  * the turn's question (DESIGN.md §2, issue 6).
  *
  * States, one callback each:
- *   LOAD     turn_load. A finished turn: done. A turn that is no longer the newest of its
- *            conversation: turn_finish "superseded" ("a newer message of the burst is
- *            answered instead"; the newer turn's question reads this one), then done.
- *   BURST    one statement: the question is the burst's messages joined with newlines,
+ *   LOAD     the turn, and BURST with it (one statement). A finished turn: done. A turn
+ *            that is no longer the newest of its conversation: turn_finish "superseded" ("a
+ *            newer message of the burst is answered instead"; the newer turn's question
+ *            reads this one), then done; the statement applied no burst to either.
+ *   BURST    the question is the burst's messages joined with newlines,
  *            oldest first (this conversation's turns up to this one, after the newest turn
  *            that ended answered, escalated or dropped, that are open or were superseded),
  *            and the older open turns of the burst become "superseded" ("answered with turn
@@ -42,21 +43,31 @@
 /* Longest question sent to the search, in bytes (a long e-mail adds nothing but cost). */
 #define RETRIEVE_SEARCH_MAX 4000
 
-/* $1 the turn id, $2 "answered with turn <id>". Every sub-statement sees the same snapshot,
- * so `burst` reads the states from before `older` changes them. */
-static const char RETRIEVE_BURST_SQL[] =
-    "WITH cur AS (SELECT account_id, conversation_id, message_id FROM turns WHERE id = $1),"
-    " last_end AS (SELECT coalesce(max(t.message_id), 0) AS m FROM turns t, cur"
-    "   WHERE t.account_id = cur.account_id AND t.conversation_id = cur.conversation_id"
+/* LOAD and BURST in one round trip. $1 the turn id, $2 "answered with turn <id>". The turn
+ * (turn.h's columns), then the burst's question and how many older turns it superseded.
+ * The burst is only read and applied when the turn is open and still the newest of its
+ * conversation (`go`); otherwise the last two columns are NULL and 0 and nothing changed.
+ * Every sub-statement sees the same snapshot, so `burst` reads the states from before
+ * `older` changes them. */
+static const char RETRIEVE_LOAD_SQL[] =
+    "WITH cur AS (SELECT account_id, conversation_id, message_id FROM turns"
+    "   WHERE id = $1 AND state = 'open'),"
+    " go AS (SELECT cur.* FROM cur WHERE cur.message_id >= (SELECT max(n.message_id) FROM turns n"
+    "   WHERE n.account_id = cur.account_id AND n.conversation_id = cur.conversation_id)),"
+    " last_end AS (SELECT coalesce(max(t.message_id), 0) AS m FROM turns t, go"
+    "   WHERE t.account_id = go.account_id AND t.conversation_id = go.conversation_id"
     "   AND t.state IN ('answered', 'escalated', 'dropped')),"
-    " burst AS (SELECT t.id, t.message_id, t.content FROM turns t, cur, last_end"
-    "   WHERE t.account_id = cur.account_id AND t.conversation_id = cur.conversation_id"
-    "   AND t.message_id <= cur.message_id AND t.message_id > last_end.m"
+    " burst AS (SELECT t.id, t.message_id, t.content FROM turns t, go, last_end"
+    "   WHERE t.account_id = go.account_id AND t.conversation_id = go.conversation_id"
+    "   AND t.message_id <= go.message_id AND t.message_id > last_end.m"
     "   AND t.state IN ('open', 'superseded')),"
     " older AS (UPDATE turns SET state = 'superseded', outcome_reason = $2, finished_at = now()"
     "   WHERE id IN (SELECT id FROM burst) AND id <> $1 AND state = 'open' RETURNING id)"
-    " SELECT (SELECT string_agg(content, E'\\n' ORDER BY message_id) FROM burst),"
-    " (SELECT count(*) FROM older)";
+    " SELECT" TURN_COLUMNS(
+        "NULL") ","
+                " (SELECT string_agg(content, E'\\n' ORDER BY message_id) FROM burst),"
+                " (SELECT count(*) FROM older)"
+                " FROM turns t WHERE t.id = $1";
 
 static const char RETRIEVE_STORE_SQL[] =
     "UPDATE turns SET question = $2, passages = $3::jsonb WHERE id = $1";
@@ -193,26 +204,7 @@ static void retrieve_search(struct retrieve *r)
         retrieve_done(r, pg_pool_closing_error("kb search"));
 }
 
-/* ---- BURST ------------------------------------------------------------------------------ */
-
-static void retrieve_on_burst(const struct pg_result *res, void *arg)
-{
-    struct retrieve *r = arg;
-    struct job_error *err = pg_result_job_error(res, "read burst");
-    if (err) {
-        retrieve_fail(r, err);
-        return;
-    }
-    const char *q = pg_result_value(res, 0, 0);
-    const char *older = pg_result_value(res, 0, 1);
-    r->question = xstrdup(q ? q : r->t->content);
-    if (older && strcmp(older, "0") != 0)
-        log_job(LOG_INFO, r->jid, PIPELINE_RETRIEVE, "turn %lld answers %s older message(s) too",
-                r->id, older);
-    retrieve_search(r);
-}
-
-/* ---- LOAD ------------------------------------------------------------------------------- */
+/* ---- LOAD and BURST -------------------------------------------------------------------- */
 
 static void retrieve_on_finished(struct job_error *err, void *arg)
 {
@@ -223,9 +215,11 @@ static void retrieve_on_finished(struct job_error *err, void *arg)
         retrieve_done(r, NULL);
 }
 
-static void retrieve_on_turn(struct job_error *err, struct turn *t, void *arg)
+static void retrieve_on_load(const struct pg_result *res, void *arg)
 {
     struct retrieve *r = arg;
+    struct job_error *err;
+    struct turn *t = turn_from_result(res, r->id, &err);
     if (err) {
         retrieve_fail(r, err);
         return;
@@ -245,9 +239,13 @@ static void retrieve_on_turn(struct job_error *err, struct turn *t, void *arg)
         return;
     }
     r->inbox = inbox_config_get(r->p->inboxes, t->inbox);
-    const char *params[] = {r->idtext, r->superseded_by};
-    if (pg_query(r->p->pg, RETRIEVE_BURST_SQL, 2, params, retrieve_on_burst, r) != 0)
-        retrieve_done(r, pg_pool_closing_error("read burst"));
+    const char *q = pg_result_value(res, 0, TURN_NCOLUMNS);
+    const char *older = pg_result_value(res, 0, TURN_NCOLUMNS + 1);
+    r->question = xstrdup(q ? q : t->content);
+    if (older && strcmp(older, "0") != 0)
+        log_job(LOG_INFO, r->jid, PIPELINE_RETRIEVE, "turn %lld answers %s older message(s) too",
+                r->id, older);
+    retrieve_search(r);
 }
 
 static void retrieve_perform(struct job_ctx *ctx)
@@ -263,7 +261,8 @@ static void retrieve_perform(struct job_ctx *ctx)
     snprintf(r->idtext, sizeof r->idtext, "%lld", id);
     snprintf(r->superseded_by, sizeof r->superseded_by, "answered with turn %lld", id);
     job_ctx_set_state(ctx, r);
-    if (turn_load(r->p->pg, id, TURN_BASE, retrieve_on_turn, r) != 0)
+    const char *params[] = {r->idtext, r->superseded_by};
+    if (pg_query(r->p->pg, RETRIEVE_LOAD_SQL, 2, params, retrieve_on_load, r) != 0)
         retrieve_done(r, pg_pool_closing_error("load turn"));
 }
 

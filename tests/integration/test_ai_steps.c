@@ -433,6 +433,7 @@ Test(ai_steps, not_the_newest_turn_is_superseded)
 {
     struct harness h;
     h_init(&h, 0);
+    long long older = insert_turn(&h, 30, 300, 1, "Hello?");
     long long old = insert_turn(&h, 30, 301, 1, "How do I reset my password?");
     insert_turn(&h, 30, 302, 1, "never mind, found it");
     push_retrieve(&h, old, 3);
@@ -445,6 +446,10 @@ Test(ai_steps, not_the_newest_turn_is_superseded)
     free(state);
     free(reason);
     cr_assert_null(turn_col(&h, old, "question"));
+    /* Only the newest turn's Retrieve gathers the burst: the older one stays open for it. */
+    char *older_state = turn_col(&h, older, "state");
+    cr_assert_str_eq(older_state, "open");
+    free(older_state);
     cr_assert_eq(test_redis_int(h.rc, "LLEN queue:actions"), 0);
     cr_assert_eq(h.w.total_processed, 1, "no Decide was enqueued");
     h_fini(&h);
