@@ -1,14 +1,16 @@
 /* chatwoot_post: one turn message to Chatwoot, at most once (see chatwoot_post.h).
  *
  * States: CLAIM (effect_claim) -> [LIST (look for the marker, page by page)] -> [CREATE
- * (post)] -> COMPLETE (effect_complete, ending the turn too with m->finish_turn) -> the
- * caller's callback. */
+ * (post)] -> COMPLETE (effect_complete, ending the turn too with m->finish_turn; an effect
+ * sent before or a shadow needs no completion, and only turn_finish runs) -> the caller's
+ * callback. */
 #include "chatwoot_post.h"
 #include "chatwoot.h"
 #include "effect.h"
 #include "log.h"
 #include "pg.h"
 #include "pipeline.h"
+#include "turn.h"
 #include "xalloc.h"
 
 #include <jansson.h>
@@ -72,6 +74,18 @@ static struct job_error *post_client_refused(struct post *s, const char *what)
 static void post_on_completed(struct job_error *err, void *arg)
 {
     post_finish(arg, err);
+}
+
+/* Nothing to complete (the effect was sent before, or is a shadow): end the turn when asked,
+ * then the caller's callback. */
+static void post_settled(struct post *s)
+{
+    if (!s->finish_turn) {
+        post_finish(s, NULL);
+        return;
+    }
+    if (turn_finish(s->p->pg, s->turn_id, s->finish_turn, NULL, post_on_completed, s) != 0)
+        post_finish(s, pg_pool_closing_error("finish turn"));
 }
 
 /* Record the outcome on the effect (result: what the step knows of the message). */
@@ -211,11 +225,11 @@ static void post_on_claim(struct job_error *err, const struct effect_claim *c, v
     case EFFECT_SENT:
         s->outcome = CHATWOOT_POST_DONE;
         s->message_id = json_integer_value(json_object_get(c->result, "message_id"));
-        post_finish(s, NULL);
+        post_settled(s);
         return;
     case EFFECT_SHADOW:
         s->outcome = CHATWOOT_POST_SHADOW;
-        post_finish(s, NULL);
+        post_settled(s);
         return;
     case EFFECT_BUSY: /* another run may be posting it right now: look again later */
         post_finish(s, effect_busy_error(c, s->kind));

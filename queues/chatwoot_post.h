@@ -42,10 +42,10 @@ struct chatwoot_post {
     const char *marker_key;  /* content_attributes key, e.g. "tierone_turn" */
     const char *marker_value;
     int shadow;              /* pipeline_shadow() of the turn's inbox */
-    const char *finish_turn; /* NULL, or the state ("answered") the turn ends in, in the
-                                statement that completes the effect: outcomes sent, found
-                                and unknown ended it (if it was still open); done and shadow
-                                complete nothing, so the caller ends the turn itself */
+    const char *finish_turn; /* NULL, or the state ("answered") the turn ends in (if still
+                                open) on success, whatever the outcome: in the statement
+                                that completes the effect, or alone (turn_finish) when the
+                                effect needs no completion (done, shadow) */
     const char *jid, *klass; /* the calling job (logs, rate-limit reservation); may be NULL */
 };
 

@@ -20,9 +20,9 @@
  *   POST      chatwoot_post.h: effect "reply" with the marker
  *             content_attributes.tierone_turn = "<account>:<conversation>:<message>", with
  *             the bot token; a retry after an unknown outcome looks for the marker first.
- *   FINISH    the turn "answered": in the statement that completes the reply effect
- *             (chatwoot_post.h's finish_turn), or turn_finish when the effect was complete
- *             already or is a shadow; then job_done.
+ *   FINISH    the turn "answered", by chatwoot_post (finish_turn: in the statement that
+ *             completes the reply effect, or alone when there was nothing to complete);
+ *             then job_done.
  *
  * Idempotent: the effect row says whether the answer went out (SENT: skip), and the marker
  * finds a post whose outcome was lost (PENDING). The checks before the post run again on a
@@ -49,16 +49,18 @@
  * during a burst there are thousands, and each reply counted all of them (2 ms a reply at
  * 2,000). Only the conversation's own turns are read, through the turns key and effects
  * (turn_id, kind). */
-static const char REPLY_LOAD_SQL[] = "SELECT" TURN_COLUMNS(
-    "NULL") ", c.status, c.human_active,"
-            " (SELECT count(*) FROM effects e JOIN turns o ON o.id = e.turn_id"
-            "   WHERE o.account_id = t.account_id AND o.conversation_id = t.conversation_id"
-            "   AND e.turn_id <> t.id AND e.kind = 'reply' AND e.state IN ('pending', 'sent', "
-            "'shadow')"
-            "   AND e.created_at + interval '1 hour' > now())"
-            " FROM turns t LEFT JOIN conversations c"
-            " ON c.account_id = t.account_id AND c.conversation_id = t.conversation_id"
-            " WHERE t.id = $1";
+/* clang-format off */
+static const char REPLY_LOAD_SQL[] =
+    "SELECT" TURN_COLUMNS("NULL") ", c.status, c.human_active,"
+    " (SELECT count(*) FROM effects e JOIN turns o ON o.id = e.turn_id"
+    "   WHERE o.account_id = t.account_id AND o.conversation_id = t.conversation_id"
+    "   AND e.turn_id <> t.id AND e.kind = 'reply'"
+    "   AND e.state IN ('pending', 'sent', 'shadow')"
+    "   AND e.created_at + interval '1 hour' > now())"
+    " FROM turns t LEFT JOIN conversations c"
+    " ON c.account_id = t.account_id AND c.conversation_id = t.conversation_id"
+    " WHERE t.id = $1";
+/* clang-format on */
 
 static const char REPLY_CAP_DECISION_SQL[] =
     "UPDATE turns SET decision = coalesce(decision, '{}'::jsonb)"
@@ -72,9 +74,9 @@ struct reply {
     struct turn *t;
     const struct inbox_settings *inbox;
     int shadow;
-    char key[96]; /* "<account>:<conversation>:<message>" */
-    long long id;
-    char idtext[32];          /* the turn id as an SQL parameter */
+    char key[96];             /* "<account>:<conversation>:<message>" */
+    long long id;             /* the turn's, before it is loaded */
+    char idtext[32];          /* the same as an SQL parameter */
     char reason[96];          /* the cap's reason */
     long long recent_replies; /* the conversation's replies of the last hour (LEDGER) */
 };
@@ -114,10 +116,7 @@ static void reply_on_posted(struct job_error *err, enum chatwoot_post_outcome ou
     }
     log_job(LOG_INFO, r->jid, PIPELINE_REPLY, "turn %lld answered (%s, message %lld)", r->t->id,
             chatwoot_post_outcome_name(outcome), message_id);
-    if (outcome == CHATWOOT_POST_DONE || outcome == CHATWOOT_POST_SHADOW)
-        reply_finish_turn(r, "answered", NULL); /* nothing completed the effect just now */
-    else
-        reply_done(r, NULL); /* the effect's completion ended the turn */
+    reply_done(r, NULL); /* finish_turn: the turn ended with the post */
 }
 
 static void reply_post(struct reply *r)
