@@ -44,16 +44,16 @@
 #define RETRIEVE_SEARCH_MAX 4000
 
 /* LOAD and BURST in one round trip. $1 the turn id, $2 "answered with turn <id>". The turn
- * (turn.h's columns), then the burst's question and how many older turns it superseded.
- * The burst is only read and applied when the turn is open and still the newest of its
- * conversation (`go`); otherwise the last two columns are NULL and 0 and nothing changed.
- * Every sub-statement sees the same snapshot, so `burst` reads the states from before
- * `older` changes them. */
+ * (turn.h's columns, read once as `cur`), then the burst's question and how many older
+ * turns it superseded. The burst is only read and applied when the turn is open and still
+ * the newest of its conversation (`go`); otherwise the last two columns are NULL and 0 and
+ * nothing changed. Every sub-statement sees the same snapshot, so `burst` reads the states
+ * from before `older` changes them. */
+/* clang-format off */
 static const char RETRIEVE_LOAD_SQL[] =
-    "WITH cur AS (SELECT account_id, conversation_id, message_id FROM turns"
-    "   WHERE id = $1 AND state = 'open'),"
-    " go AS (SELECT cur.* FROM cur WHERE cur.message_id >= (SELECT max(n.message_id) FROM turns n"
-    "   WHERE n.account_id = cur.account_id AND n.conversation_id = cur.conversation_id)),"
+    "WITH cur AS (SELECT" TURN_COLUMNS("NULL") " FROM turns t WHERE t.id = $1),"
+    " go AS (SELECT account_id, conversation_id, message_id FROM cur"
+    "   WHERE state = 'open' AND message_id >= newest_message),"
     " last_end AS (SELECT coalesce(max(t.message_id), 0) AS m FROM turns t, go"
     "   WHERE t.account_id = go.account_id AND t.conversation_id = go.conversation_id"
     "   AND t.state IN ('answered', 'escalated', 'dropped')),"
@@ -63,11 +63,11 @@ static const char RETRIEVE_LOAD_SQL[] =
     "   AND t.state IN ('open', 'superseded')),"
     " older AS (UPDATE turns SET state = 'superseded', outcome_reason = $2, finished_at = now()"
     "   WHERE id IN (SELECT id FROM burst) AND id <> $1 AND state = 'open' RETURNING id)"
-    " SELECT" TURN_COLUMNS(
-        "NULL") ","
-                " (SELECT string_agg(content, E'\\n' ORDER BY message_id) FROM burst),"
-                " (SELECT count(*) FROM older)"
-                " FROM turns t WHERE t.id = $1";
+    " SELECT cur.*,"
+    " (SELECT string_agg(content, E'\\n' ORDER BY message_id) FROM burst),"
+    " (SELECT count(*) FROM older)"
+    " FROM cur";
+/* clang-format on */
 
 static const char RETRIEVE_STORE_SQL[] =
     "UPDATE turns SET question = $2, passages = $3::jsonb WHERE id = $1";

@@ -46,13 +46,16 @@ enum turn_columns {
 
 /* The columns turn_from_result reads, over `turns t`, passages being "t.passages::text"
  * or "NULL". A step that needs more than the turn in the same round trip selects these
- * first and its own columns after them, from column TURN_NCOLUMNS on. */
+ * first and its own columns after them, from column TURN_NCOLUMNS on. The conversation's
+ * newest message id is named newest_message, for a statement that selects these in a WITH
+ * and tests "still the newest" on them (turn_is_newest's rule). */
 #define TURN_COLUMNS(passages)                                                                     \
     " t.id, t.account_id, t.conversation_id, t.message_id, t.inbox_id, t.channel,"                 \
     " t.contact::text, t.content, t.state, t.question, " passages ", t.decision::text,"            \
     " t.outcome_reason, extract(epoch FROM t.received_at)::float8,"                                \
     " (SELECT max(n.message_id) FROM turns n"                                                      \
-    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"
+    "   WHERE n.account_id = t.account_id AND n.conversation_id = t.conversation_id)"              \
+    " AS newest_message"
 #define TURN_NCOLUMNS 15
 
 /* The turn in row 0 of r, the result of a statement selecting TURN_COLUMNS first (the
