@@ -159,20 +159,15 @@ void buf_json_real(struct buf *b, double v, int digits)
     if (digits < 1 || digits > 17)
         digits = 17;
     char tmp[40];
-    int n = snprintf(tmp, sizeof tmp, "%.*g", digits, v);
+    snprintf(tmp, sizeof tmp, "%.*g", digits, v);
     char *e = strchr(tmp, 'e');
     if (e) { /* "1e+300" -> "1e300", "1e-07" -> "1e-7" */
-        char *from = e + 1, *to = e + 1;
-        if (*from == '-')
-            from = ++to;
-        else if (*from == '+')
-            from++;
+        char *to = e + 1 + (e[1] == '-'), *from = to + (*to == '+');
         while (*from == '0' && from[1])
             from++;
         memmove(to, from, strlen(from) + 1);
-        n = (int)strlen(tmp);
     }
-    buf_append(b, tmp, (size_t)n);
+    buf_puts(b, tmp);
     if (!strpbrk(tmp, ".e"))
         buf_append(b, ".0", 2);
 }

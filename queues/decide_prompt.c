@@ -126,9 +126,10 @@ static void decide_prompt_passages(struct buf *b, const json_t *passages)
         }
         const char *keys[] = {"source", "title", "heading_path"};
         for (size_t k = 0; k < 3; k++) {
-            const char *v = json_string_value(json_object_get(p, keys[k]));
+            const json_t *v = json_object_get(p, keys[k]);
             buf_printf(b, "\"%s\": ", keys[k]);
-            buf_json_string(b, v ? v : "", v ? json_string_length(json_object_get(p, keys[k])) : 0);
+            buf_json_string(b, json_is_string(v) ? json_string_value(v) : "",
+                            json_is_string(v) ? json_string_length(v) : 0);
             buf_puts(b, ", ");
         }
         const char *content = json_string_value(json_object_get(p, "content"));
