@@ -396,6 +396,17 @@ Test(action_steps, pending_reply_finds_its_marker)
     h_free(&h);
 }
 
+/* Start the worker, run Reply once for turn, wait for the turn to be answered and the worker
+ * idle, stop it. */
+static void reply_until_answered(struct h *h, long long turn)
+{
+    h_start(h);
+    push(h, PIPELINE_REPLY, "actions", turn);
+    cr_assert(wait_sql(h, "answered", "SELECT state FROM turns WHERE id = %lld", turn));
+    cr_assert(wait_idle(h, 1));
+    h_stop(h);
+}
+
 /* Without a user token the marker cannot be looked for: no second post, outcome unknown. */
 Test(action_steps, pending_reply_without_user_token_does_not_repost)
 {
@@ -408,11 +419,7 @@ Test(action_steps, pending_reply_without_user_token_does_not_repost)
               "INSERT INTO effects (turn_id, kind, state, claimed_at) VALUES (%lld, 'reply', "
               "'pending', now() - interval '1 minute') RETURNING 1",
               turn));
-    h_start(&h);
-    push(&h, PIPELINE_REPLY, "actions", turn);
-    cr_assert(wait_sql(&h, "answered", "SELECT state FROM turns WHERE id = %lld", turn));
-    cr_assert(wait_idle(&h, 1));
-    h_stop(&h);
+    reply_until_answered(&h, turn);
     cr_assert_eq(count_outgoing(&h, 10), 0);
     char *unknown = sqlv(&h, "SELECT result->>'unknown' FROM effects WHERE turn_id = %lld", turn);
     cr_assert_str_eq(unknown, "true");
@@ -433,11 +440,7 @@ Test(action_steps, sent_reply_of_an_open_turn_ends_the_turn_without_posting)
               "INSERT INTO effects (turn_id, kind, state, result, done_at) VALUES (%lld, "
               "'reply', 'sent', '{\"message_id\": 777}', now()) RETURNING 1",
               turn));
-    h_start(&h);
-    push(&h, PIPELINE_REPLY, "actions", turn);
-    cr_assert(wait_sql(&h, "answered", "SELECT state FROM turns WHERE id = %lld", turn));
-    cr_assert(wait_idle(&h, 1));
-    h_stop(&h);
+    reply_until_answered(&h, turn);
     cr_assert_eq(count_outgoing(&h, 10), 0, "nothing posted again");
     cr_assert_eq(sql_int(&h, "SELECT attempts FROM effects WHERE turn_id = %lld", turn), 2);
     h_free(&h);
