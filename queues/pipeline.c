@@ -10,6 +10,7 @@
 #include "linear.h"
 #include "llm.h"
 #include "log.h"
+#include "metrics.h"
 #include "pg.h"
 #include "rate_limit.h"
 #include "sidekiq_client.h"
@@ -67,6 +68,76 @@ static int pipeline_limit(struct pipeline *p, struct rate_limit **out, const cha
     return 0;
 }
 
+/* ---- /metrics: the PostgreSQL pool, read at each scrape ----------------------------------
+ * A pool that is too small shows as busy == open with requests waiting; a database that
+ * refuses or times out as errors rising. After pipeline_close every value reads 0. */
+
+static struct pg_pool_stats pipeline_pg_stats(void *arg)
+{
+    const struct pipeline *p = arg;
+    struct pg_pool_stats st = {0};
+    if (p->pg)
+        pg_pool_stats(p->pg, &st);
+    return st;
+}
+static double pipeline_pg_open(void *arg)
+{
+    return pipeline_pg_stats(arg).open;
+}
+static double pipeline_pg_busy(void *arg)
+{
+    return pipeline_pg_stats(arg).busy;
+}
+static double pipeline_pg_waiting(void *arg)
+{
+    return pipeline_pg_stats(arg).waiting;
+}
+static double pipeline_pg_queries(void *arg)
+{
+    return (double)pipeline_pg_stats(arg).queries_total;
+}
+static double pipeline_pg_errors(void *arg)
+{
+    return (double)pipeline_pg_stats(arg).errors_total;
+}
+static double pipeline_pg_pipelined(void *arg)
+{
+    return (double)pipeline_pg_stats(arg).pipelined_total;
+}
+
+/* Adds the pool's series to the worker's registry (none when /metrics is off). */
+static void pipeline_metrics(struct pipeline *p)
+{
+    struct metrics_registry *reg = p->w->metrics;
+    if (!reg)
+        return;
+    static const struct {
+        const char *name, *help;
+        metrics_value_fn fn;
+        int counter;
+    } series[] = {
+        {"tierone_db_connections_open", "PostgreSQL connections up.", pipeline_pg_open, 0},
+        {"tierone_db_connections_busy", "Of those, running statements or held by a job.",
+         pipeline_pg_busy, 0},
+        {"tierone_db_requests_waiting", "Statements waiting for a connection.", pipeline_pg_waiting,
+         0},
+        {"tierone_db_queries_total", "Statements completed (success or error).",
+         pipeline_pg_queries, 1},
+        {"tierone_db_errors_total", "Statements and connection waits that failed.",
+         pipeline_pg_errors, 1},
+        {"tierone_db_pipelined_total", "Statements sent behind another on the same connection.",
+         pipeline_pg_pipelined, 1},
+    };
+    for (size_t i = 0; i < sizeof series / sizeof series[0]; i++) {
+        if (series[i].counter)
+            metrics_set_fn(
+                metrics_series_get(metrics_counter_new(reg, series[i].name, series[i].help, 0)),
+                series[i].fn, p);
+        else
+            metrics_gauge_fn_new(reg, series[i].name, series[i].help, series[i].fn, p);
+    }
+}
+
 int pipeline_init(struct pipeline *p, struct worker *w, const struct pipeline_settings *cfg,
                   char *err, size_t errcap)
 {
@@ -95,6 +166,7 @@ int pipeline_init(struct pipeline *p, struct worker *w, const struct pipeline_se
     p->pg = pg_pool_new(w->loop, &po, &why);
     if (!p->pg)
         goto fail;
+    pipeline_metrics(p);
     if (!cfg->chatwoot_base_url && !cfg->shadow) {
         why = xstrdup("CHATWOOT_BASE_URL is required unless TIERONE_SHADOW is on");
         goto fail;

@@ -12,11 +12,16 @@
 #include "test_pg.h"
 #include "test_stack.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <curl/curl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define REDIS_DB 14
 #define PG_NAME  "tierone_test_pipeline"
@@ -300,6 +305,113 @@ Test(pipeline_shadow, every_effect_is_recorded_and_nothing_is_sent, .init = up_s
     cr_assert_eq(cw_requests("POST", "", NULL), 0, "nothing posted to Chatwoot");
     cr_assert_eq(fake_slack_count(st.slack), 0);
     cr_assert_eq(fake_linear_issue_count(st.linear), 0);
+}
+
+/* ---- /metrics: the worker's PostgreSQL pool --------------------------------------------- */
+
+static int admin_port;
+
+/* A port nothing listens on now (the kernel's next ephemeral one). */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+              getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static void up_metrics(void)
+{
+    static char port_env[48];
+    admin_port = free_port();
+    snprintf(port_env, sizeof port_env, "TIERONE_ADMIN_PORT=%d", admin_port);
+    static const char *env[] = {"TIERONE_ADMIN_HOST=127.0.0.1", port_env, "TIERONE_DATABASE_POOL=3",
+                                NULL};
+    struct test_stack_opts o = {.redis_db = REDIS_DB, .pg_name = PG_NAME, .env = env};
+    test_stack_start(&st, &o);
+}
+
+static size_t metrics_append(char *data, size_t size, size_t n, void *arg)
+{
+    struct buf *b = arg;
+    buf_append(b, data, size * n);
+    return size * n;
+}
+
+/* The worker's /metrics text (caller frees), or NULL when it does not answer. */
+static char *metrics_text(void)
+{
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/metrics", admin_port);
+    struct buf b = {0};
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, metrics_append);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+    long status = 0;
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    if (rc != CURLE_OK || status != 200) {
+        buf_free(&b);
+        return NULL;
+    }
+    buf_append(&b, "", 1);
+    return b.data;
+}
+
+/* The value of an unlabeled series in text, or -1 when it is not there. */
+static double metric(const char *text, const char *name)
+{
+    char key[96];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = text ? strstr(text, key) : NULL;
+    return at ? strtod(at + strlen(key), NULL) : -1;
+}
+
+/* /metrics once the worker answers it and every pool connection is idle. */
+static char *metrics_when_idle(void)
+{
+    for (int i = 0; i < 1000; i++) {
+        char *t = metrics_text();
+        if (t && metric(t, "tierone_db_connections_busy") == 0 &&
+            metric(t, "tierone_db_requests_waiting") == 0)
+            return t;
+        free(t);
+        usleep(10000);
+    }
+    cr_assert_fail("the worker's /metrics never showed an idle pool");
+    return NULL;
+}
+
+Test(pipeline_metrics, the_database_pool_is_on_the_workers_metrics, .init = up_metrics,
+     .fini = down, .timeout = 120)
+{
+    char *before = metrics_when_idle();
+    cr_assert(strstr(before, "# TYPE tierone_db_queries_total counter\n"), "%s", before);
+    cr_assert(strstr(before, "# TYPE tierone_db_connections_open gauge\n"), "%s", before);
+    double q0 = metric(before, "tierone_db_queries_total");
+    cr_assert_geq(q0, 0, "%s", before);
+
+    test_stack_conversation(&st, 1, "pending");
+    customer_says(1, 9001, QUESTION);
+    cr_assert(test_stack_wait_idle(&st, 30000), "the turn did not end");
+    assert_sql("SELECT state FROM turns WHERE conversation_id = 1", "answered");
+
+    char *after = metrics_when_idle();
+    /* Each of the turn's four steps (event, retrieve, decide, reply) ran statements. */
+    double q1 = metric(after, "tierone_db_queries_total");
+    cr_assert_geq(q1 - q0, 4, "queries %.0f -> %.0f", q0, q1);
+    double open = metric(after, "tierone_db_connections_open");
+    cr_assert(open >= 1 && open <= 3, "open connections %.0f of a pool of 3", open);
+    cr_assert_eq(metric(after, "tierone_db_errors_total"), 0, "%s", after);
+    cr_assert_geq(metric(after, "tierone_db_pipelined_total"), 0, "%s", after);
+    free(before);
+    free(after);
 }
 
 /* ---- with an LLM ------------------------------------------------------------------------ */
