@@ -36,7 +36,11 @@
  *
  * Prints one line: "result scenario=... worker=... turns=N ok=N turns_per_s=... p50_ms=...
  * p99_ms=... max_ms=... llm_open_max=... rss_kb=... cpu_s=... wall_s=..." where rss_kb is
- * the worker's VmHWM and cpu_s its CPU time (user + system) at the end. Exits 0 when every
+ * the worker's VmHWM and cpu_s its CPU time (user + system) at the end, then where the
+ * machine's CPU went while the measured turns ran (from the first post to the last reply
+ * seen, warm-up and set-up left out), in seconds: run_worker_s, run_pg_s (every process
+ * named postgres), run_shim_s (tierone-ingest), run_redis_s (redis-server) and run_bench_s
+ * (this process: the fake services and the client posting the webhooks). Exits 0 when every
  * turn got exactly one reply within the time limit, 1 if not, 2 on a usage error.
  *
  * Needs what test_stack needs: TIERONE_BIN_DIR, TIERONE_SOURCE_DIR, TIERONE_TEST_REDIS_URL,
@@ -45,12 +49,14 @@
 #include "fake_llm.h"
 #include "test_stack.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -157,12 +163,74 @@ static int bp_cmp_ull(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* CPU seconds (user + system) of process pid from /proc/<pid>/stat; 0 when it is gone. */
+static double bp_pid_cpu(pid_t pid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    double s = 0;
+    if (f && fgets(line, sizeof line, f)) {
+        const char *p = strrchr(line, ')');
+        unsigned long utime = 0, stime = 0;
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
+                        &stime) == 2)
+            s = (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    }
+    if (f)
+        fclose(f);
+    return s;
+}
+
+/* CPU seconds of every process whose name (/proc/<pid>/comm) is comm. */
+static double bp_comm_cpu(const char *comm)
+{
+    DIR *d = opendir("/proc");
+    double s = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        char path[300], name[64] = "";
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f && fgets(name, sizeof name, f)) {
+            name[strcspn(name, "\n")] = 0;
+            if (!strcmp(name, comm))
+                s += bp_pid_cpu((pid_t)atol(e->d_name));
+        }
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return s;
+}
+
+/* Where the machine's CPU goes, by part (seconds so far). */
+struct bp_cpu {
+    double worker, pg, shim, redis, bench;
+};
+
+static struct bp_cpu bp_cpu_now(const struct bp_run *r)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (struct bp_cpu){
+        .worker = bp_pid_cpu(r->st.worker),
+        .pg = bp_comm_cpu("postgres"),
+        .shim = bp_comm_cpu("tierone-ingest"),
+        .redis = bp_comm_cpu("redis-server"),
+        .bench = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6,
+    };
+}
+
 /* The worker's VmHWM (kB) and CPU seconds from /proc. */
 static void bp_proc(pid_t pid, long *hwm_kb, double *cpu_s)
 {
     char path[64], line[512];
     *hwm_kb = -1;
-    *cpu_s = -1;
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
     FILE *f = fopen(path, "r");
     while (f && fgets(line, sizeof line, f))
@@ -170,17 +238,7 @@ static void bp_proc(pid_t pid, long *hwm_kb, double *cpu_s)
             *hwm_kb = atol(line + 6);
     if (f)
         fclose(f);
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    f = fopen(path, "r");
-    if (f && fgets(line, sizeof line, f)) {
-        const char *p = strrchr(line, ')'); /* fields after the command name */
-        unsigned long utime = 0, stime = 0;
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
-                        &stime) == 2)
-            *cpu_s = (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
-    }
-    if (f)
-        fclose(f);
+    *cpu_s = bp_pid_cpu(pid);
 }
 
 static int bp_usage(void)
@@ -281,6 +339,7 @@ int main(int argc, char **argv)
         fake_faults_push(fake_llm_faults(r.st.llm), &slow, (unsigned)o.turns);
     }
     r.llm_open_max = 0;
+    struct bp_cpu c0 = bp_cpu_now(&r);
     unsigned long long t0 = bp_now_ns();
     double interval_ns = 1e9 / o.rate;
     for (long i = o.warmup; ok && i < r.nturns; i++) {
@@ -293,6 +352,7 @@ int main(int argc, char **argv)
         }
     }
     long done = ok ? bp_wait(&r, o.warmup, r.nturns, 300000) : 0;
+    struct bp_cpu c1 = bp_cpu_now(&r);
     unsigned long long t1 = 0;
     size_t n = 0;
     unsigned long long *lat = calloc((size_t)o.turns, sizeof *lat);
@@ -311,11 +371,14 @@ int main(int argc, char **argv)
     bp_proc(r.st.worker, &hwm_kb, &cpu_s);
     double wall_s = t1 > t0 ? (double)(t1 - t0) / 1e9 : 0;
     printf("result scenario=%s worker=%s turns=%ld ok=%ld dup=%d turns_per_s=%.0f p50_ms=%.1f "
-           "p99_ms=%.1f max_ms=%.1f llm_open_max=%u rss_kb=%ld cpu_s=%.2f wall_s=%.2f\n",
+           "p99_ms=%.1f max_ms=%.1f llm_open_max=%u rss_kb=%ld cpu_s=%.2f wall_s=%.2f "
+           "run_worker_s=%.2f run_pg_s=%.2f run_shim_s=%.2f run_redis_s=%.2f run_bench_s=%.2f\n",
            o.scenario, o.sidekiq ? "sidekiq" : "tierone", o.turns, done, dup,
            wall_s > 0 ? (double)n / wall_s : 0, n ? (double)lat[n / 2] / 1e6 : 0,
            n ? (double)lat[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1] / 1e6 : 0,
-           n ? (double)lat[n - 1] / 1e6 : 0, r.llm_open_max, hwm_kb, cpu_s, wall_s);
+           n ? (double)lat[n - 1] / 1e6 : 0, r.llm_open_max, hwm_kb, cpu_s, wall_s,
+           c1.worker - c0.worker, c1.pg - c0.pg, c1.shim - c0.shim, c1.redis - c0.redis,
+           c1.bench - c0.bench);
     fflush(stdout);
     if (!ok || done != o.turns || dup) { /* show why before the stack's directory goes */
         char cmd[400];

@@ -18,7 +18,9 @@
 #      burst     2,000 turns posted as fast as one client can: turns/s, latencies
 #      paced     1,000 turns at 200/s: latencies at a load both keep up with
 #      inflight  2,000 turns, the model answers after 2 s: peak RSS, time to the last reply
-# 4. Prints the medians, tierone/Sidekiq ratios, the targets, and every raw line.
+# 4. Prints the medians, the CPU a turn cost each part of the machine (worker, PostgreSQL,
+#    shim, Redis, the benchmark's own fakes and client), tierone/Sidekiq ratios, the
+#    targets, and every raw line.
 #
 # Needs: cmake, a C compiler, redis-server, PostgreSQL, Ruby with Sidekiq 6.4.1 and ruby-pg
 # (Debian ruby-sidekiq, ruby-pg; installed if missing when run as root).
@@ -103,6 +105,25 @@ for s in "${SCENARIOS[@]}"; do
     "$(med "$n" p99_ms)" "$(awk -v k="$(med "$n" rss_kb)" 'BEGIN { printf "%.1f", k / 1024 }')" \
     "$(med "$n" cpu_s)" "$(med "$n" wall_s)" "$(med "$n" llm_open_max)" | tee -a "$OUT"
 done
+
+say ""
+say "CPU per turn while the measured turns ran (ms; medians): where the machine goes"
+printf '%-34s %8s %8s %8s %8s %8s %8s\n' scenario worker pg shim redis bench total | tee -a "$OUT"
+for s in "${SCENARIOS[@]}"; do
+  n=${s%%|*}
+  turns=$(printf '%s' "${RAW[$n]}" | head -n 1 | field turns)
+  row=""
+  sum=0
+  for part in worker pg shim redis bench; do
+    v=$(med "$n" "run_${part}_s")
+    row+=$(awk -v v="$v" -v t="$turns" 'BEGIN { if (t + 0 > 0 && v != "nan") printf " %8.3f", v * 1000 / t; else printf " %8s", "n/a" }')
+    sum=$(awk -v a="$sum" -v v="$v" 'BEGIN { print a + (v == "nan" ? 0 : v) }')
+  done
+  printf '%-34s%s %8s\n' "$n" "$row" "$(awk -v v="$sum" -v t="$turns" 'BEGIN { if (t + 0 > 0) printf "%.3f", v * 1000 / t; else print "n/a" }')" | tee -a "$OUT"
+done
+say "  (pg: every postgres process; bench: bench_pipeline itself, i.e. the fake Chatwoot, LLM,"
+say "  Slack and Linear and the client posting the webhooks; the parts' medians are taken"
+say "  separately, so total is their sum, not one run's)"
 
 say ""
 BT=$(med "burst tierone c=1000 pool=8" turns_per_s)
