@@ -441,9 +441,7 @@ static char *llm_chat_body(const struct llm *c, const struct llm_chat_request *r
         json_decref(rf);
     }
     buf_puts(&b, "}");
-    char *s = buf_steal(&b);
-    buf_free(&b);
-    return s;
+    return buf_steal(&b);
 }
 
 static void llm_chat_on_response(struct job_error *err, struct http_response *resp, void *arg);

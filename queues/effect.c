@@ -2,10 +2,10 @@
  * (attempts + 1) locks the row, so concurrent claims of one effect serialise, and
  * (xmax = 0) tells a fresh insert from an existing row. */
 #include "effect.h"
-#include "turn.h"
 
 #include "log.h"
 #include "pg.h"
+#include "turn.h"
 #include "xalloc.h"
 
 #include <stdio.h>

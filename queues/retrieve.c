@@ -159,10 +159,10 @@ static void retrieve_on_search(const char *error, const struct kb_hit *hits, siz
     for (size_t i = 0; i < n; i++) {
         buf_printf(b, "%s{\"id\":%lld,\"score\":", i ? "," : "", hits[i].chunk_id);
         buf_json_real(b, hits[i].score, 17);
-        const char *keys[] = {"source", "title", "heading_path", "content"};
+        const char *keys[] = {",\"source\":", ",\"title\":", ",\"heading_path\":", ",\"content\":"};
         const char *vals[] = {hits[i].source, hits[i].title, hits[i].heading_path, hits[i].content};
         for (size_t k = 0; k < 4; k++) {
-            buf_printf(b, ",\"%s\":", keys[k]);
+            buf_puts(b, keys[k]);
             buf_json_string(b, vals[k] ? vals[k] : "", vals[k] ? strlen(vals[k]) : 0);
         }
         buf_puts(b, "}");
