@@ -315,12 +315,22 @@ static size_t count_outgoing(struct h *h, long conv)
 
 /* ---- Reply ----------------------------------------------------------------------------- */
 
+/* Conversation 10, pending, with one customer message (words) and an open turn for it that
+ * decided to answer. Returns the turn; *msg (may be NULL) gets the message id. */
+static long long seed_answer_turn(struct h *h, const char *words, long *msg)
+{
+    long m = seed_conversation(h, 10, "pending", "pending", 0, words);
+    if (msg)
+        *msg = m;
+    return seed_turn(h, 10, m, words, ANSWER_DECISION);
+}
+
 Test(action_steps, answer_posted_once_with_marker)
 {
     struct h h;
     h_init(&h, NULL);
-    long msg = seed_conversation(&h, 10, "pending", "pending", 0, "How do I reset my password?");
-    long long turn = seed_turn(&h, 10, msg, "How do I reset my password?", ANSWER_DECISION);
+    long msg;
+    long long turn = seed_answer_turn(&h, "How do I reset my password?", &msg);
     h_start(&h);
     push(&h, PIPELINE_REPLY, "actions", turn);
     cr_assert(wait_sql(&h, "answered", "SELECT state FROM turns WHERE id = %lld", turn));
@@ -368,8 +378,7 @@ Test(action_steps, pending_reply_finds_its_marker)
 {
     struct h h;
     h_init(&h, NULL);
-    long msg = seed_conversation(&h, 10, "pending", "pending", 0, "Where is my invoice?");
-    long long turn = seed_turn(&h, 10, msg, "Where is my invoice?", ANSWER_DECISION);
+    long long turn = seed_answer_turn(&h, "Where is my invoice?", NULL);
     h_start(&h);
     push(&h, PIPELINE_REPLY, "actions", turn);
     cr_assert(wait_sql(&h, "answered", "SELECT state FROM turns WHERE id = %lld", turn));
@@ -413,8 +422,7 @@ Test(action_steps, pending_reply_without_user_token_does_not_repost)
     struct h h;
     struct h_opts o = {.no_user_token = 1};
     h_init(&h, &o);
-    long msg = seed_conversation(&h, 10, "pending", "pending", 0, "Hello?");
-    long long turn = seed_turn(&h, 10, msg, "Hello?", ANSWER_DECISION);
+    long long turn = seed_answer_turn(&h, "Hello?", NULL);
     free(sqlv(&h,
               "INSERT INTO effects (turn_id, kind, state, claimed_at) VALUES (%lld, 'reply', "
               "'pending', now() - interval '1 minute') RETURNING 1",
@@ -434,8 +442,7 @@ Test(action_steps, sent_reply_of_an_open_turn_ends_the_turn_without_posting)
 {
     struct h h;
     h_init(&h, NULL);
-    long msg = seed_conversation(&h, 10, "pending", "pending", 0, "Still there?");
-    long long turn = seed_turn(&h, 10, msg, "Still there?", ANSWER_DECISION);
+    long long turn = seed_answer_turn(&h, "Still there?", NULL);
     free(sqlv(&h,
               "INSERT INTO effects (turn_id, kind, state, result, done_at) VALUES (%lld, "
               "'reply', 'sent', '{\"message_id\": 777}', now()) RETURNING 1",
