@@ -10,6 +10,7 @@
 #include "log.h"
 #include "redis.h"
 #include "spool.h"
+#include "wake.h"
 #include "xalloc.h"
 
 #include <stdio.h>
@@ -25,6 +26,8 @@
  *   MULTI
  *   SADD queues <queue>
  *   LPUSH queue:<queue> <payload 1> ... <payload n>
+ *   LPUSH tierone:wake:<queue> 1    a token that wakes one idle worker (lib/wake.h)
+ *   LTRIM tierone:wake:<queue> 0 7
  *   EVAL <dedupe script> ...        only when a job of the batch has a delivery id
  *   EXEC
  *
@@ -90,6 +93,8 @@ struct outbox {
     char *queue;
     char *queues_key;
     char *queue_key;
+    char *wake_key;
+    char wake_last[12]; /* LTRIM's stop index: WAKE_TOKENS_MAX - 1 */
     char ttl[24];
     uint32_t drain_interval_ms;
     uv_timer_t drain_timer;
@@ -218,10 +223,14 @@ static int outbox_send(struct outbox *ob, const struct outbox_item *items, size_
         nkeys++;
     }
     const char *sadd[3] = {"SADD", ob->queues_key, ob->queue};
+    const char *wake[3] = {"LPUSH", ob->wake_key, "1"};
+    const char *trim[4] = {"LTRIM", ob->wake_key, "0", ob->wake_last};
     if (redis_command_argv(ob->redis, NULL, NULL, 1, (const char *[]){"MULTI"}, NULL) != 0)
         return -1;
     if (redis_command_argv(ob->redis, NULL, NULL, 3, sadd, NULL) != 0 ||
-        redis_command_argv(ob->redis, NULL, NULL, (int)a, argv, lens) != 0)
+        redis_command_argv(ob->redis, NULL, NULL, (int)a, argv, lens) != 0 ||
+        redis_command_argv(ob->redis, NULL, NULL, 3, wake, NULL) != 0 ||
+        redis_command_argv(ob->redis, NULL, NULL, 4, trim, NULL) != 0)
         goto discard;
     if (nkeys) {
         a = 0;
@@ -281,7 +290,8 @@ static int outbox_exec_results(const redisReply *reply, size_t n, int *res, cons
         *why = reply->str ? reply->str : "error reply";
         return -1;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 || reply->elements > 3) {
+    /* SADD, LPUSH, the wake token's LPUSH and LTRIM, then the dedupe script's reply if sent. */
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4 || reply->elements > 5) {
         *why = "transaction aborted or unexpected reply";
         return -1;
     }
@@ -292,9 +302,9 @@ static int outbox_exec_results(const redisReply *reply, size_t n, int *res, cons
     }
     for (size_t i = 0; i < n; i++)
         res[i] = 1;
-    if (reply->elements == 2)
+    if (reply->elements == 4)
         return 0;
-    const redisReply *dd = reply->element[2]; /* the positions (1..n) of repeat deliveries */
+    const redisReply *dd = reply->element[4]; /* the positions (1..n) of repeat deliveries */
     if (dd->type != REDIS_REPLY_ARRAY || dd->elements > n) {
         *warn = dd->type == REDIS_REPLY_ERROR && dd->str ? dd->str : "unexpected reply";
         return 0;
@@ -687,6 +697,8 @@ struct outbox *outbox_new(uv_loop_t *loop, const struct outbox_opts *opts, char 
     ob->queue = xstrdup(opts->queue ? opts->queue : "events");
     ob->queues_key = xstrdup("queues");
     ob->queue_key = xasprintf("queue:%s", ob->queue);
+    ob->wake_key = xasprintf(WAKE_KEY_PREFIX "%s", ob->queue);
+    snprintf(ob->wake_last, sizeof ob->wake_last, "%d", WAKE_TOKENS_MAX - 1);
     snprintf(ob->ttl, sizeof ob->ttl, "%u", opts->dedupe_ttl_s ? opts->dedupe_ttl_s : 86400);
     ob->drain_interval_ms = opts->drain_interval_ms ? opts->drain_interval_ms : 250;
     outbox_metrics_init(ob, opts->metrics);
@@ -729,6 +741,7 @@ static void outbox_close_step(struct outbox *ob)
     free(ob->queue);
     free(ob->queues_key);
     free(ob->queue_key);
+    free(ob->wake_key);
     buf_free(&ob->keys);
     free(ob);
     if (cb)

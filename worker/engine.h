@@ -61,6 +61,14 @@ void fetcher_reclaim(struct worker *w);
 /* Put every job of our in-progress store back on its queue (RPUSH), then call done. */
 void fetcher_requeue_all(struct worker *w, void (*done)(struct worker *w, int ok));
 
+/* ---- waker.c ------------------------------------------------------------------------- */
+
+/* Open the wake connection (0, or -1 logged: the worker then only polls). */
+int waker_init(struct worker *w);
+/* The fetcher started an idle pause: block on the wake lists unless already waiting. */
+void waker_arm(struct worker *w);
+void waker_close(struct worker *w);
+
 /* ---- poller.c ------------------------------------------------------------------------ */
 
 int poller_init(struct worker *w);

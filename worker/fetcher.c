@@ -14,7 +14,8 @@
  * again, doubling the pause from 1 ms up to fetch_idle_max_ms (default 50 ms): an idle
  * process costs Redis a few cheap calls a second and picks a new job up within that pause.
  * The first fetch after a burst is immediate, and so is the one after this process pushed
- * a job itself (worker_fetch_wake: the next step of a chain). */
+ * a job itself (worker_fetch_wake: the next step of a chain) or moved a scheduled one onto
+ * a queue, or after another producer (the ingest shim) left a wake token (waker.c). */
 #include "engine.h"
 #include "log.h"
 #include "xalloc.h"
@@ -210,6 +211,7 @@ static void fetcher_on_reply(struct redis *r, redisReply *reply, void *data)
     if (w->idle_ms > (uint32_t)w->cfg->fetch_idle_max_ms)
         w->idle_ms = (uint32_t)w->cfg->fetch_idle_max_ms;
     uv_timer_start(&w->fetch_timer, fetcher_on_timer, w->idle_ms, 0);
+    waker_arm(w); /* a producer's wake token ends the pause early */
 }
 
 void worker_fetch_wake(struct worker *w)

@@ -32,6 +32,10 @@ static double mon_recovered(void *arg)
 {
     return (double)((struct worker *)arg)->total_recovered;
 }
+static double mon_wakeups(void *arg)
+{
+    return (double)((struct worker *)arg)->wakeups;
+}
 static double mon_busy(void *arg)
 {
     return (double)((struct worker *)arg)->busy;
@@ -100,6 +104,8 @@ int monitor_start(struct worker *w, char *err, size_t errcap)
                 "Jobs put back on the schedule by a rate limit (not failures).", mon_rescheduled);
     mon_counter(w, "tierone_jobs_recovered_total",
                 "Jobs of crashed processes put back on their queues.", mon_recovered);
+    mon_counter(w, "tierone_fetch_wakeups_total",
+                "Idle pauses ended early by a producer's wake token.", mon_wakeups);
     metrics_gauge_fn_new(w->metrics, "tierone_jobs_busy", "Jobs running now.", mon_busy, w);
     metrics_gauge_fn_new(w->metrics, "tierone_concurrency", "Job slots.", mon_concurrency, w);
     metrics_gauge_fn_new(w->metrics, "tierone_outcomes_pending",

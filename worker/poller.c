@@ -99,9 +99,10 @@ static void poller_on_moved(struct redis *r, redisReply *reply, void *data)
     struct poll_round *round = data;
     struct worker *w = round->w;
     (void)r;
-    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0)
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         log_debug("poller moved %lld job(s) from %s", reply->integer, poll_sets[round->set]);
-    else if (reply && reply->type == REDIS_REPLY_ERROR)
+        worker_fetch_wake(w); /* they are due now: no idle pause before fetching them */
+    } else if (reply && reply->type == REDIS_REPLY_ERROR)
         log_error("poller could not move jobs from %s: %s", poll_sets[round->set], reply->str);
     size_t set = round->set, asked = round->asked;
     free(round);

@@ -116,6 +116,7 @@ static void worker_on_signal(uv_signal_t *s, int signum)
 int worker_start(struct worker *w)
 {
     poller_init(w);
+    (void)waker_init(w); /* without it the worker still polls */
     heartbeat_init(w);
     recovery_init(w);
     uv_timer_init(w->loop, &w->stop_timer);
@@ -211,6 +212,7 @@ static void worker_close_all(struct worker *w)
     }
     monitor_close(w);
     fetcher_close(w);
+    waker_close(w);
     poller_close(w);
     heartbeat_close(w);
     recovery_close(w);

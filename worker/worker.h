@@ -86,6 +86,14 @@ struct worker {
     int fetch_again;  /* woken while a fetch was in flight: no idle pause after it */
     uv_timer_t fetch_timer;
 
+    /* waker: BRPOP on the queues' wake lists while the fetcher pauses (waker.c) */
+    struct redis *wake_redis;
+    const char **wake_argv; /* BRPOP tierone:wake:<queue>... <timeout> */
+    size_t wake_argc;
+    int wake_waiting;
+    int wake_off; /* an error reply: polling only */
+    unsigned long long wakeups;
+
     /* outcomes waiting to be written to Redis (acks, retries, deaths) */
     struct outcome *out_head, *out_tail;
     size_t out_count;

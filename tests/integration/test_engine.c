@@ -682,3 +682,56 @@ Test(engine, a_wake_ends_the_idle_pause)
     h_stop(&h);
     h_free(&h);
 }
+
+static int cond_token_taken(struct harness *h)
+{
+    return h->w.wakeups == 1 && order_count == 1 &&
+           test_redis_int(h->rc, "LLEN tierone:wake:default") == 0;
+}
+
+/* The ingest shim pushes a token onto tierone:wake:<queue> with every batch (lib/wake.h):
+ * an idle worker blocked on the wake lists of its queues takes it and fetches at once,
+ * where polling alone would wait out the pause (a minute here). A token of a queue it does
+ * not serve is not its to take. */
+Test(engine, a_wake_token_ends_the_idle_pause)
+{
+    struct harness h;
+    h_init(&h, "default", 5);
+    h.cfg.fetch_idle_max_ms = 60000;
+    freeReplyObject(test_redis_cmd(h.rc, "DEL tierone:wake:default tierone:wake:other"));
+    h_start(&h);
+    h.w.idle_ms = 60000;
+    cr_assert(h_run_until(&h, cond_pausing_a_minute, 5000), "the fetcher did not pause");
+    freeReplyObject(test_redis_cmd(h.rc, "LPUSH tierone:wake:other 1"));
+    push(&h, "default", "Test::Order", "[\"a\"]", NULL);
+    freeReplyObject(test_redis_cmd(h.rc, "LPUSH tierone:wake:default 1"));
+    cr_assert(h_run_until(&h, cond_token_taken, 20000),
+              "the token did not wake the fetcher (wake-ups %llu, jobs run %d)", h.w.wakeups,
+              order_count);
+    cr_assert_eq(test_redis_int(h.rc, "LLEN tierone:wake:other"), 1);
+    cr_assert_eq(test_redis_int(h.rc, "LLEN queue:default"), 0);
+    h_stop(&h);
+    h_free(&h);
+}
+
+/* A scheduled job (a retry, a debounced step) that the poller moves onto a queue runs
+ * without this process waiting out its idle pause first. */
+Test(engine, a_job_the_poller_moves_is_fetched_without_the_pause)
+{
+    struct harness h;
+    h_init(&h, "default", 5);
+    h.cfg.fetch_idle_max_ms = 60000;
+    h_start(&h);
+    h.w.idle_ms = 60000;
+    cr_assert(h_run_until(&h, cond_pausing_a_minute, 5000), "the fetcher did not pause");
+    char json[512];
+    snprintf(json, sizeof json,
+             "{\"retry\":true,\"queue\":\"default\",\"class\":\"Test::Order\",\"args\":[\"s\"],"
+             "\"jid\":\"%024d\",\"created_at\":1712345678.5}",
+             777);
+    freeReplyObject(test_redis_cmd(h.rc, "ZADD schedule %f %s", clock_wall_s() - 1, json));
+    cr_assert(h_run_until(&h, cond_ordered_1, 20000),
+              "the moved job waited for the fetcher's pause");
+    h_stop(&h);
+    h_free(&h);
+}

@@ -82,8 +82,13 @@ for _ in $(seq 1 100); do kill -0 "$WORKER" 2>/dev/null || break; sleep 0.02; do
 check "the worker is still running" kill -0 "$WORKER"
 check "no job ran on the read-only replica" [ "$(redis-cli -p "$REPLICA" SCARD ran)" = 0 ]
 check "no job was lost while read-only" [ "$(redis-cli -p "$REPLICA" LLEN queue:default)" = "$JOBS" ]
+# Two connections see it: the worker's, and the one that waits for wake tokens (waker.c).
 check "the trouble is logged once, not once per reconnect" \
-  [ "$(grep -c 'connection to .* lost' "$WORK/worker.log")" = 1 ]
+  [ "$(grep -c 'redis tierone-worker: connection to .* lost' "$WORK/worker.log")" = 1 ]
+check "the wake connection logs it at most once" \
+  [ "$(grep -c 'redis tierone-worker-wake: connection to .* lost' "$WORK/worker.log")" -le 1 ]
+check "a READONLY reply does not turn the wake-ups off" \
+  [ "$(grep -c 'wake-ups off' "$WORK/worker.log")" = 0 ]
 check "the log stays quiet while read-only (no line per retry)" \
   [ "$(wc -l <"$WORK/worker.log")" -le 6 ]
 

@@ -20,6 +20,7 @@
 #include "shim.h"
 #include "signature.h"
 #include "test_redis.h"
+#include "wake.h"
 #include "xalloc.h"
 
 #include <arpa/inet.h>
@@ -1584,6 +1585,8 @@ Test(outbox, one_iteration_is_one_transaction_in_order_with_dedupe, .init = setu
     const char *ids[] = {"a", "b", "c", "d", "e", "f"};
     expect_dedupe_keys(ids, sizeof ids / sizeof ids[0]);
     cr_assert_eq(test_redis_int(rc, "SISMEMBER queues events"), 1);
+    cr_assert_eq(test_redis_int(rc, "LLEN " WAKE_KEY_PREFIX "events"), 1,
+                 "a transaction leaves one token that wakes an idle worker (lib/wake.h)");
 
     /* A second batch: repeats of the first are recognised, new ids are queued. */
     const struct ob_case again[] = {
@@ -1593,6 +1596,15 @@ Test(outbox, one_iteration_is_one_transaction_in_order_with_dedupe, .init = setu
     q = queue_deliveries();
     cr_assert_str_eq(q, "a - b - c d e f g");
     free(q);
+    cr_assert_eq(test_redis_int(rc, "LLEN " WAKE_KEY_PREFIX "events"), 2);
+
+    /* While no worker takes them, the tokens stop at WAKE_TOKENS_MAX. */
+    for (int i = 0; i < WAKE_TOKENS_MAX; i++) {
+        const struct ob_case one[] = {{NULL, OUTBOX_QUEUED}};
+        struct ob_slot slot[1];
+        ob_batch(&e, one, 1, slot, "a one-job batch");
+    }
+    cr_assert_eq(test_redis_int(rc, "LLEN " WAKE_KEY_PREFIX "events"), WAKE_TOKENS_MAX);
     ob_close(&e);
 }
 
