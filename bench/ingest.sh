@@ -11,7 +11,11 @@
 # port and spool) and nginx (BENCH_NGINX_WORKERS workers, default 2 = the cores here, as
 # nginx is normally run; `return 202`) on free loopback ports, then runs wrk (keep-alive)
 # with a Lua script that POSTs the same correctly signed 2 KB Chatwoot-like body, RUNS
-# times; each run measures nginx, then every shim, one after the other. Every shim request
+# times. A run is BENCH_SLICES slices (default 5) of DURATION / SLICES each: in every slice
+# nginx, then every shim, one after the other, so a change of the shared host's speed during
+# the run reaches every server about equally instead of whichever had the run's only turn
+# (requests/s = the run's requests over its slices' summed durations; p50 the median of the
+# slices', p99 the largest slice's). Every shim request
 # is queued (no X-Chatwoot-Delivery, so no dedupe; with BENCH_DELIVERY=1 each request
 # carries a unique one, as Chatwoot sends, so the dedupe script runs too, and every server
 # gets the same per-request Lua): the script checks the shim's queued-job counters (summed
@@ -27,7 +31,8 @@
 # more than anything else, and these figures are steadier than req/s when other work runs.
 # Exit status 0 unless something failed to run.
 #
-# Environment: BENCH_RUNS (3), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
+# Environment: BENCH_RUNS (3), BENCH_DURATION (10s, whole seconds: per server and run),
+# BENCH_SLICES (5), BENCH_CONNECTIONS (50),
 # BENCH_THREADS (2), BENCH_DELIVERY (0), BENCH_PROCESSES ("1 2"), BENCH_NGINX_WORKERS (2),
 # TIERONE_BENCH_BUILD_DIR, TIERONE_BENCH_BUILD_TYPE (Release), TIERONE_BENCH_KEEP (keep the
 # temp dir).
@@ -40,6 +45,7 @@ BUILD=${TIERONE_BENCH_BUILD_DIR:-$ROOT/build-release}
 BUILD_TYPE=${TIERONE_BENCH_BUILD_TYPE:-Release}
 RUNS=${BENCH_RUNS:-3}
 DURATION=${BENCH_DURATION:-10s}
+SLICES=${BENCH_SLICES:-5}
 CONNS=${BENCH_CONNECTIONS:-50}
 THREADS=${BENCH_THREADS:-2}
 DELIVERY=${BENCH_DELIVERY:-0}
@@ -212,9 +218,9 @@ LUA
   cat >>"$WORK/post.lua" <<LUA
 done = function(s, lat, req)
   local e = s.errors
-  io.write(string.format("RESULT %d %.1f %d %d %d %d\n", s.requests,
+  io.write(string.format("RESULT %d %.1f %d %d %d %d %d\n", s.requests,
     s.requests / s.duration * 1e6, lat:percentile(50), lat:percentile(99), e.status,
-    e.connect + e.read + e.write + e.timeout))
+    e.connect + e.read + e.write + e.timeout, s.duration))
 end
 LUA
 }
@@ -256,10 +262,11 @@ cpu_ticks() {
 }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
-# wrk against port $1; prints "requests rps p50_us p99_us non2xx errors wrk_cpu_us".
+# wrk against port $1 for one slice; prints "requests rps p50_us p99_us non2xx errors
+# duration_us wrk_cpu_us".
 run_wrk() {
   write_lua
-  /usr/bin/time -f 'CPU %U %S' -o "$WORK/wrk.time" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" \
+  /usr/bin/time -f 'CPU %U %S' -o "$WORK/wrk.time" wrk -t"$THREADS" -c"$CONNS" -d"${SLICE_S}s" \
     -s "$WORK/post.lua" "http://127.0.0.1:$1/webhooks/chatwoot" >"$WORK/wrk.out" 2>&1 ||
     die "wrk failed: $(cat "$WORK/wrk.out")"
   printf '%s %s\n' "$(grep '^RESULT ' "$WORK/wrk.out" | cut -d' ' -f2-)" \
@@ -269,11 +276,19 @@ run_wrk() {
 per_req() { awk -v t="$1" -v n="$2" -v u="$TICK_US" 'BEGIN {printf "%.1f", t * u / n}'; }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+maxof() { printf '%s\n' "$@" | sort -g | tail -1; }
+
+SECONDS_TOTAL=${DURATION%s}
+[[ "$SECONDS_TOTAL" =~ ^[0-9]+$ ]] || die "BENCH_DURATION must be whole seconds, e.g. 10s"
+[[ "$SLICES" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SLICES must be a positive integer"
+SLICE_S=$((SECONDS_TOTAL / SLICES))
+[ "$SLICE_S" -ge 1 ] || die "BENCH_DURATION / BENCH_SLICES must be at least 1 s"
 ms() { awk -v x="$1" 'BEGIN{printf "%.3f", x/1000}'; }
 mb() { awk -v x="$1" 'BEGIN{printf "%.1f", x/1024}'; }
 verdict() { if awk "BEGIN {exit !($1)}"; then echo met; else echo MISSED; fi; }
 
-say "body $(wc -c <"$WORK/body.json") bytes; wrk -t$THREADS -c$CONNS -d$DURATION, keep-alive; $RUNS runs;" \
+say "body $(wc -c <"$WORK/body.json") bytes; wrk -t$THREADS -c$CONNS, keep-alive; $RUNS runs of" \
+  "$SLICES interleaved ${SLICE_S} s slices per server;" \
   "$([ "$DELIVERY" = 1 ] && echo "a unique X-Chatwoot-Delivery per request" || echo "no delivery ids")"
 say "load average before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
 say "redis :$RPORT  nginx :$NPORT ($NGINX_WORKERS workers)"
@@ -287,28 +302,54 @@ printf '%-6s %-4s %10s %8s %8s %8s %8s %12s %6s %7s %7s %7s\n' run shim req/s p5
 declare -a N_RPS=() N_CPU=()
 declare -A S_RPS S_P50 S_P99 S_RSS S_RSSMAX RATIO S_CPU R_CPU
 FAILED=0
+# One slice of wrk against server $1 (port $2), adding to that server's sums for this run:
+# requests, duration, non-2xx, socket errors, wrk CPU (us), server CPU ticks ($3: pids),
+# Redis CPU ticks (shims only), and the slice's p50 and p99.
+declare -A A_REQ A_DUR A_BAD A_ERR A_WRK A_TICKS A_RTICKS A_P50 A_P99
+slice() {
+  local key=$1 port=$2 pids=$3 t0 r0 req rps p50 p99 bad err dur wrkcpu
+  t0=$(cpu_ticks $pids) r0=$(cpu_ticks "$REDIS_PID")
+  read -r req rps p50 p99 bad err dur wrkcpu <<<"$(run_wrk "$port")"
+  A_TICKS[$key]=$((${A_TICKS[$key]:-0} + $(cpu_ticks $pids) - t0))
+  A_RTICKS[$key]=$((${A_RTICKS[$key]:-0} + $(cpu_ticks "$REDIS_PID") - r0))
+  A_REQ[$key]=$((${A_REQ[$key]:-0} + req)) A_DUR[$key]=$((${A_DUR[$key]:-0} + dur))
+  A_BAD[$key]=$((${A_BAD[$key]:-0} + bad)) A_ERR[$key]=$((${A_ERR[$key]:-0} + err))
+  A_WRK[$key]=$((${A_WRK[$key]:-0} + wrkcpu))
+  A_P50[$key]+=" $p50" A_P99[$key]+=" $p99"
+}
 for ((run = 1; run <= RUNS; run++)); do
-  t0=$(cpu_ticks "$NGINX_PID")
-  read -r n_req n_rps _ _ n_bad n_err n_wrk <<<"$(run_wrk "$NPORT")"
-  n_cpu=$(per_req $(($(cpu_ticks "$NGINX_PID") - t0)) "$n_req")
-  n_wrkcpu=$(awk -v c="$n_wrk" -v n="$n_req" 'BEGIN {printf "%.1f", c / n}')
+  A_REQ=() A_DUR=() A_BAD=() A_ERR=() A_WRK=() A_TICKS=() A_RTICKS=() A_P50=() A_P99=()
+  declare -a before=()
+  for i in "${!PROCS[@]}"; do
+    before[$i]=$(shim_metric "$i" 'tierone_ingest_jobs_total{result="queued"}')
+  done
+  for ((sl = 1; sl <= SLICES; sl++)); do
+    slice nginx "$NPORT" "$NGINX_PID"
+    for i in "${!PROCS[@]}"; do slice "shim$i" "${SHIM_PORTS[$i]}" "${SHIM_PIDS[$i]}"; done
+  done
+  n_req=${A_REQ[nginx]} n_bad=${A_BAD[nginx]} n_err=${A_ERR[nginx]}
+  n_rps=$(awk -v r="$n_req" -v d="${A_DUR[nginx]}" 'BEGIN {printf "%.1f", r / d * 1e6}')
+  n_cpu=$(per_req "${A_TICKS[nginx]}" "$n_req")
+  n_wrkcpu=$(awk -v c="${A_WRK[nginx]}" -v n="$n_req" 'BEGIN {printf "%.1f", c / n}')
   N_RPS+=("$n_rps") N_CPU+=("$n_cpu")
   [ "$n_bad" = 0 ] || {
     say "run $run: nginx answered $n_bad non-2xx"
     FAILED=1
   }
+  sleep 0.5 # let the last answers' counters settle
   for i in "${!PROCS[@]}"; do
-    before=$(shim_metric "$i" 'tierone_ingest_jobs_total{result="queued"}')
-    t0=$(cpu_ticks "${SHIM_PIDS[$i]}") r0=$(cpu_ticks "$REDIS_PID")
-    read -r s_req s_rps s_p50 s_p99 s_bad s_err s_wrk <<<"$(run_wrk "${SHIM_PORTS[$i]}")"
-    s_cpu=$(per_req $(($(cpu_ticks "${SHIM_PIDS[$i]}") - t0)) "$s_req")
-    r_cpu=$(per_req $(($(cpu_ticks "$REDIS_PID") - r0)) "$s_req")
-    s_wrkcpu=$(awk -v c="$s_wrk" -v n="$s_req" 'BEGIN {printf "%.1f", c / n}')
-    sleep 0.5 # let the last answers' counters settle
+    k="shim$i"
+    s_req=${A_REQ[$k]} s_bad=${A_BAD[$k]} s_err=${A_ERR[$k]}
+    s_rps=$(awk -v r="$s_req" -v d="${A_DUR[$k]}" 'BEGIN {printf "%.1f", r / d * 1e6}')
+    # shellcheck disable=SC2086 # the collected values are split on purpose
+    s_p50=$(median ${A_P50[$k]}) s_p99=$(maxof ${A_P99[$k]})
+    s_cpu=$(per_req "${A_TICKS[$k]}" "$s_req")
+    r_cpu=$(per_req "${A_RTICKS[$k]}" "$s_req")
+    s_wrkcpu=$(awk -v c="${A_WRK[$k]}" -v n="$s_req" 'BEGIN {printf "%.1f", c / n}')
     after=$(shim_metric "$i" 'tierone_ingest_jobs_total{result="queued"}')
     spooled=$(shim_metric "$i" 'tierone_ingest_jobs_total{result="spooled"}')
     read -r rss_kb rss_max <<<"$(shim_rss "$i")"
-    queued=$((after - before))
+    queued=$((after - before[i]))
     if [ "$s_bad" != 0 ]; then
       say "run $run: x${PROCS[$i]}: $s_bad non-2xx answers"
       FAILED=1
