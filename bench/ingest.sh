@@ -281,8 +281,9 @@ maxof() { printf '%s\n' "$@" | sort -g | tail -1; }
 SECONDS_TOTAL=${DURATION%s}
 [[ "$SECONDS_TOTAL" =~ ^[0-9]+$ ]] || die "BENCH_DURATION must be whole seconds, e.g. 10s"
 [[ "$SLICES" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SLICES must be a positive integer"
+[ "$SECONDS_TOTAL" -ge 1 ] || die "BENCH_DURATION must be at least 1s"
+[ "$SLICES" -le "$SECONDS_TOTAL" ] || SLICES=$SECONDS_TOTAL # slices of at least 1 s
 SLICE_S=$((SECONDS_TOTAL / SLICES))
-[ "$SLICE_S" -ge 1 ] || die "BENCH_DURATION / BENCH_SLICES must be at least 1 s"
 ms() { awk -v x="$1" 'BEGIN{printf "%.3f", x/1000}'; }
 mb() { awk -v x="$1" 'BEGIN{printf "%.1f", x/1024}'; }
 verdict() { if awk "BEGIN {exit !($1)}"; then echo met; else echo MISSED; fi; }
