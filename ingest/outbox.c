@@ -257,7 +257,7 @@ static int outbox_send(struct outbox *ob, const struct outbox_item *items, size_
         for (size_t i = 0; nkeys < n && i < n; i++) { /* positions, unless key k is job k */
             if (!klen[i])
                 continue;
-            snprintf(pos[i], sizeof pos[i], "%zu", i + 1);
+            snprintf(pos[i], sizeof pos[i], "%u", (unsigned)(i + 1)); /* i < OUTBOX_BATCH_MAX */
             argv[a] = pos[i];
             lens[a++] = strlen(pos[i]);
         }
