@@ -735,3 +735,26 @@ Test(engine, a_job_the_poller_moves_is_fetched_without_the_pause)
     h_stop(&h);
     h_free(&h);
 }
+
+static int cond_wake_off(struct harness *h)
+{
+    return h->w.wake_off;
+}
+
+/* A wake key that is not a list (an operator's mistake) turns the wake-ups off, once and
+ * for good; the polling still fetches every job. */
+Test(engine, a_broken_wake_list_leaves_the_polling)
+{
+    struct harness h;
+    h_init(&h, "default", 5);
+    freeReplyObject(test_redis_cmd(h.rc, "SET tierone:wake:default not-a-list"));
+    h_start(&h);
+    cr_assert(h_run_until(&h, cond_wake_off, 10000), "the BRPOP error did not turn wake-ups off");
+    push(&h, "default", "Test::Order", "[\"a\"]", NULL);
+    cr_assert(h_run_until(&h, cond_ordered_1, 20000), "the polling did not run the job");
+    cr_assert_eq(h.w.wakeups, 0);
+    cr_assert(!h.w.wake_waiting, "no BRPOP is sent once the wake-ups are off");
+    h_stop(&h);
+    freeReplyObject(test_redis_cmd(h.rc, "DEL tierone:wake:default"));
+    h_free(&h);
+}
