@@ -205,6 +205,14 @@ struct metrics_family *metrics_gauge_fn_new(struct metrics_registry *reg, const 
     return f;
 }
 
+struct metrics_family *metrics_counter_fn_new(struct metrics_registry *reg, const char *name,
+                                              const char *help, metrics_value_fn fn, void *arg)
+{
+    struct metrics_family *f = metrics_counter_new(reg, name, help, 0);
+    metrics_set_fn(f->series[0], fn, arg);
+    return f;
+}
+
 /* ---- series ------------------------------------------------------------------------ */
 
 /* The escape for `c`, or NULL when it stands as is. Help text escapes \\ and newline;

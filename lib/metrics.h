@@ -58,6 +58,10 @@ struct metrics_family *metrics_histogram_new(struct metrics_registry *reg, const
 /* An unlabeled gauge whose value is fn(arg), read at each render (queue depth, RSS). */
 struct metrics_family *metrics_gauge_fn_new(struct metrics_registry *reg, const char *name,
                                             const char *help, metrics_value_fn fn, void *arg);
+/* An unlabeled counter whose value is fn(arg), read at each render: a total another module
+ * already keeps (jobs processed, statements run). */
+struct metrics_family *metrics_counter_fn_new(struct metrics_registry *reg, const char *name,
+                                              const char *help, metrics_value_fn fn, void *arg);
 
 /* The series for the given label values (exactly the family's label count of const char *
  * varargs; NULL counts as ""), created on first use. The pointer stays valid until the

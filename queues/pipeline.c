@@ -128,14 +128,9 @@ static void pipeline_metrics(struct pipeline *p)
         {"tierone_db_pipelined_total", "Statements sent behind another on the same connection.",
          pipeline_pg_pipelined, 1},
     };
-    for (size_t i = 0; i < sizeof series / sizeof series[0]; i++) {
-        if (series[i].counter)
-            metrics_set_fn(
-                metrics_series_get(metrics_counter_new(reg, series[i].name, series[i].help, 0)),
-                series[i].fn, p);
-        else
-            metrics_gauge_fn_new(reg, series[i].name, series[i].help, series[i].fn, p);
-    }
+    for (size_t i = 0; i < sizeof series / sizeof series[0]; i++)
+        (series[i].counter ? metrics_counter_fn_new : metrics_gauge_fn_new)(
+            reg, series[i].name, series[i].help, series[i].fn, p);
 }
 
 int pipeline_init(struct pipeline *p, struct worker *w, const struct pipeline_settings *cfg,

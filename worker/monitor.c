@@ -84,28 +84,26 @@ static void mon_metrics(struct buf *out, void *ud)
     metrics_render(w->metrics, out);
 }
 
-static void mon_counter(struct worker *w, const char *name, const char *help, metrics_value_fn fn)
-{
-    struct metrics_family *f = metrics_counter_new(w->metrics, name, help, 0);
-    metrics_set_fn(metrics_series_get(f), fn, w);
-}
-
 int monitor_start(struct worker *w, char *err, size_t errcap)
 {
     if (w->cfg->admin_port <= 0)
         return 0;
     w->metrics = metrics_registry_new();
-    mon_counter(w, "tierone_jobs_processed_total", "Jobs finished (success or failure).",
-                mon_processed);
-    mon_counter(w, "tierone_jobs_failed_total", "Jobs that failed.", mon_failed);
-    mon_counter(w, "tierone_jobs_retried_total", "Failures scheduled for a retry.", mon_retried);
-    mon_counter(w, "tierone_jobs_dead_total", "Jobs sent to the dead set.", mon_dead);
-    mon_counter(w, "tierone_jobs_rescheduled_total",
-                "Jobs put back on the schedule by a rate limit (not failures).", mon_rescheduled);
-    mon_counter(w, "tierone_jobs_recovered_total",
-                "Jobs of crashed processes put back on their queues.", mon_recovered);
-    mon_counter(w, "tierone_fetch_wakeups_total",
-                "Idle pauses ended early by a producer's wake token.", mon_wakeups);
+    metrics_counter_fn_new(w->metrics, "tierone_jobs_processed_total",
+                           "Jobs finished (success or failure).", mon_processed, w);
+    metrics_counter_fn_new(w->metrics, "tierone_jobs_failed_total", "Jobs that failed.", mon_failed,
+                           w);
+    metrics_counter_fn_new(w->metrics, "tierone_jobs_retried_total",
+                           "Failures scheduled for a retry.", mon_retried, w);
+    metrics_counter_fn_new(w->metrics, "tierone_jobs_dead_total", "Jobs sent to the dead set.",
+                           mon_dead, w);
+    metrics_counter_fn_new(w->metrics, "tierone_jobs_rescheduled_total",
+                           "Jobs put back on the schedule by a rate limit (not failures).",
+                           mon_rescheduled, w);
+    metrics_counter_fn_new(w->metrics, "tierone_jobs_recovered_total",
+                           "Jobs of crashed processes put back on their queues.", mon_recovered, w);
+    metrics_counter_fn_new(w->metrics, "tierone_fetch_wakeups_total",
+                           "Idle pauses ended early by a producer's wake token.", mon_wakeups, w);
     metrics_gauge_fn_new(w->metrics, "tierone_jobs_busy", "Jobs running now.", mon_busy, w);
     metrics_gauge_fn_new(w->metrics, "tierone_concurrency", "Job slots.", mon_concurrency, w);
     metrics_gauge_fn_new(w->metrics, "tierone_outcomes_pending",

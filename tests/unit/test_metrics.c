@@ -203,6 +203,24 @@ Test(metrics, callback_gauges_are_read_at_render_time)
     metrics_registry_free(reg);
 }
 
+/* A total kept elsewhere (the worker's jobs processed) shown as a counter, read at render. */
+Test(metrics, callback_counters_are_read_at_render_time)
+{
+    struct metrics_registry *reg = metrics_registry_new();
+    long done = 3;
+    metrics_counter_fn_new(reg, "jobs_total", "Jobs done.", queue_depth, &done);
+    char *text = render(reg);
+    cr_expect_str_eq(text, "# HELP jobs_total Jobs done.\n"
+                           "# TYPE jobs_total counter\n"
+                           "jobs_total 3\n");
+    free(text);
+    done = 40;
+    text = render(reg);
+    cr_expect_not_null(strstr(text, "\njobs_total 40\n"), "%s", text);
+    free(text);
+    metrics_registry_free(reg);
+}
+
 Test(metrics, families_render_in_creation_order_and_render_appends)
 {
     struct metrics_registry *reg = metrics_registry_new();
