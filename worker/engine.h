@@ -63,8 +63,8 @@ void fetcher_requeue_all(struct worker *w, void (*done)(struct worker *w, int ok
 
 /* ---- waker.c ------------------------------------------------------------------------- */
 
-/* Open the wake connection (0, or -1 logged: the worker then only polls). */
-int waker_init(struct worker *w);
+/* Open the wake connection (on failure, logged, the worker only polls). */
+void waker_init(struct worker *w);
 /* The fetcher started an idle pause: block on the wake lists unless already waiting. */
 void waker_arm(struct worker *w);
 void waker_close(struct worker *w);

@@ -17,7 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define WAKER_BLOCK_S "2" /* BRPOP's timeout: whole seconds work on every Redis version */
+/* BRPOP's timeout: whole seconds work on every Redis version. */
+#define WAKER_BLOCK_S 2
+#define WAKER_STR(x)  #x
+#define WAKER_XSTR(x) WAKER_STR(x)
 
 static void waker_on_reply(struct redis *r, redisReply *reply, void *data)
 {
@@ -33,9 +36,10 @@ static void waker_on_reply(struct redis *r, redisReply *reply, void *data)
     }
     if (reply->type == REDIS_REPLY_ARRAY) {
         w->wakeups++;
-        worker_fetch_wake(w);
+        worker_fetch_wake(w); /* ends the pause; the next one sends the BRPOP again */
+        return;
     }
-    waker_arm(w); /* a timeout while still pausing, or a wake that was not needed */
+    waker_arm(w); /* the timeout (a nil reply): send it again if still pausing */
 }
 
 void waker_arm(struct worker *w)
@@ -48,24 +52,21 @@ void waker_arm(struct worker *w)
         w->wake_waiting = 1;
 }
 
-int waker_init(struct worker *w)
+void waker_init(struct worker *w)
 {
     w->wake_argc = w->nqueues + 2;
     w->wake_argv = xcalloc(w->wake_argc, sizeof *w->wake_argv);
     w->wake_argv[0] = "BRPOP";
     for (size_t i = 0; i < w->nqueues; i++)
         w->wake_argv[i + 1] = xasprintf(WAKE_KEY_PREFIX "%s", w->queues[i].name);
-    w->wake_argv[w->wake_argc - 1] = WAKER_BLOCK_S;
+    w->wake_argv[w->wake_argc - 1] = WAKER_XSTR(WAKER_BLOCK_S);
     const char *why = NULL;
     struct redis_opts ro = {.url = w->cfg->redis_url,
                             .name = "tierone-worker-wake",
-                            .command_timeout_ms = 2000 + 10000}; /* the block, then the usual */
+                            .command_timeout_ms = WAKER_BLOCK_S * 1000 + 10000}; /* + the usual */
     w->wake_redis = redis_new(w->loop, &ro, &why);
-    if (!w->wake_redis) {
+    if (!w->wake_redis) /* the worker's own connection took the same URL, so not expected */
         log_error("wake-ups off, polling only: TIERONE_REDIS_URL %s", why);
-        return -1;
-    }
-    return 0;
 }
 
 void waker_close(struct worker *w)

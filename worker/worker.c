@@ -116,7 +116,7 @@ static void worker_on_signal(uv_signal_t *s, int signum)
 int worker_start(struct worker *w)
 {
     poller_init(w);
-    (void)waker_init(w); /* without it the worker still polls */
+    waker_init(w);
     heartbeat_init(w);
     recovery_init(w);
     uv_timer_init(w->loop, &w->stop_timer);
