@@ -661,16 +661,24 @@ static int cond_ordered_1(struct harness *h)
     return order_count == 1;
 }
 
+/* Start the worker and wait until its fetcher sits in a one-minute idle pause, as after a
+ * long idle spell (the next pause is the longest): a job then runs within a test's timeout
+ * only if something ends the pause. */
+static void h_start_pausing_a_minute(struct harness *h)
+{
+    h->cfg.fetch_idle_max_ms = 60000;
+    h_start(h);
+    h->w.idle_ms = 60000;
+    cr_assert(h_run_until(h, cond_pausing_a_minute, 5000), "the fetcher did not pause");
+}
+
 /* A job pushed during a long idle pause waits it out; worker_fetch_wake (called by the
  * pipeline after pushing a chain's next step) fetches at once. */
 Test(engine, a_wake_ends_the_idle_pause)
 {
     struct harness h;
     h_init(&h, "default", 5);
-    h.cfg.fetch_idle_max_ms = 60000;
-    h_start(&h);
-    h.w.idle_ms = 60000; /* as after a long idle spell: the next pause is the longest */
-    cr_assert(h_run_until(&h, cond_pausing_a_minute, 5000), "the fetcher did not pause");
+    h_start_pausing_a_minute(&h);
     push(&h, "default", "Test::Order", "[\"a\"]", NULL);
     uint64_t end = clock_mono_ms() + 200; /* the pause holds: the job stays queued */
     while (clock_mono_ms() < end)
@@ -697,11 +705,8 @@ Test(engine, a_wake_token_ends_the_idle_pause)
 {
     struct harness h;
     h_init(&h, "default", 5);
-    h.cfg.fetch_idle_max_ms = 60000;
     freeReplyObject(test_redis_cmd(h.rc, "DEL tierone:wake:default tierone:wake:other"));
-    h_start(&h);
-    h.w.idle_ms = 60000;
-    cr_assert(h_run_until(&h, cond_pausing_a_minute, 5000), "the fetcher did not pause");
+    h_start_pausing_a_minute(&h);
     freeReplyObject(test_redis_cmd(h.rc, "LPUSH tierone:wake:other 1"));
     push(&h, "default", "Test::Order", "[\"a\"]", NULL);
     freeReplyObject(test_redis_cmd(h.rc, "LPUSH tierone:wake:default 1"));
@@ -720,10 +725,7 @@ Test(engine, a_job_the_poller_moves_is_fetched_without_the_pause)
 {
     struct harness h;
     h_init(&h, "default", 5);
-    h.cfg.fetch_idle_max_ms = 60000;
-    h_start(&h);
-    h.w.idle_ms = 60000;
-    cr_assert(h_run_until(&h, cond_pausing_a_minute, 5000), "the fetcher did not pause");
+    h_start_pausing_a_minute(&h);
     char json[512];
     snprintf(json, sizeof json,
              "{\"retry\":true,\"queue\":\"default\",\"class\":\"Test::Order\",\"args\":[\"s\"],"

@@ -19,6 +19,7 @@
 #include "outbox.h"
 #include "shim.h"
 #include "signature.h"
+#include "test_port.h"
 #include "test_redis.h"
 #include "wake.h"
 #include "xalloc.h"
@@ -895,26 +896,13 @@ Test(ingest, int_millis_timestamps)
     shim_stop(&p);
 }
 
-/* A TCP port nothing listens on (bound, then released). */
-static int dead_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(0x7f000001);
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &len);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* A port p such that p .. p + n - 1 were all free a moment ago (held together while
  * looking, so none of them is a port something else already listens on). */
 static int free_port_run(int n)
 {
     cr_assert_leq(n, 8);
     for (int attempt = 0; attempt < 100; attempt++) {
-        int base = dead_port(), fds[8], ok = 1, k;
+        int base = test_port_free(), fds[8], ok = 1, k;
         if (base + n - 1 > 65535)
             continue;
         for (k = 0; k < n && ok; k++) {
@@ -935,7 +923,7 @@ static int free_port_run(int n)
 Test(ingest, redis_down_spools_and_the_next_start_drains)
 {
     char url[64];
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", test_port_free(), REDISDB);
     struct shim_proc p;
     shim_start_ex(&p, url, 0, NULL);
     struct resp r;
@@ -976,7 +964,7 @@ Test(ingest, redis_down_spools_and_the_next_start_drains)
 Test(ingest, disk_full_and_redis_down_answers_500)
 {
     char url[64];
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", test_port_free(), REDISDB);
     struct shim_proc p;
     shim_start_ex(&p, url, 200, NULL); /* room for the header, not for a job */
     struct resp r;
@@ -1105,7 +1093,7 @@ static int log_has(const struct shim_proc *p, const char *needle)
 Test(ingest, several_processes_share_the_port_and_each_spools_to_its_own_file)
 {
     char url[64], *sp1 = xfmt("%s.1", spool), *sp2 = xfmt("%s.2", spool);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", test_port_free(), REDISDB);
     const char *extra[] = {"TIERONE_INGEST_PROCESSES=2", NULL};
     struct shim_proc p;
     shim_start_ex(&p, url, 0, extra);
@@ -1277,7 +1265,7 @@ Test(ingest, a_process_that_dies_is_started_again)
 Test(ingest, a_stranded_spool_of_a_larger_n_is_drained)
 {
     char url[64], *sp3 = xfmt("%s.3", spool), *sp3_env = xfmt("TIERONE_SPOOL_PATH=%s", sp3);
-    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", dead_port(), REDISDB);
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d/%d", test_port_free(), REDISDB);
     /* what process 3 of 3 would leave: a spool named <spool>.3 */
     const char *as_third[] = {sp3_env, NULL};
     struct shim_proc p;

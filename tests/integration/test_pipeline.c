@@ -10,16 +10,14 @@
 #include "fake_llm.h"
 #include "fake_slack.h"
 #include "test_pg.h"
+#include "test_port.h"
 #include "test_stack.h"
 
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <curl/curl.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -311,22 +309,10 @@ Test(pipeline_shadow, every_effect_is_recorded_and_nothing_is_sent, .init = up_s
 
 static int admin_port;
 
-/* A port nothing listens on now (the kernel's next ephemeral one). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-              getsockname(fd, (struct sockaddr *)&a, &len) == 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static void up_metrics(void)
 {
     static char port_env[48];
-    admin_port = free_port();
+    admin_port = test_port_free();
     snprintf(port_env, sizeof port_env, "TIERONE_ADMIN_PORT=%d", admin_port);
     static const char *env[] = {"TIERONE_ADMIN_HOST=127.0.0.1", port_env, "TIERONE_DATABASE_POOL=3",
                                 NULL};
